@@ -8,9 +8,20 @@ except `load_config`, the thin wrapper the CLI uses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+import re
+import tomllib
+import types
+import zoneinfo
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from datetime import time
-from typing import Literal
+from difflib import get_close_matches
+from email.utils import parseaddr
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
 
 VideoProvider = Literal["jitsi", "bigbluebutton", "nextcloud_talk"]
 ConfirmationMode = Literal["email", "chat"]
@@ -150,3 +161,704 @@ class ConfigError(Exception):
     def __init__(self, problems: list[tuple[str, str]]):
         self.problems = problems
         super().__init__("; ".join(f"{key}: {msg}" for key, msg in problems))
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing. Generic over the dataclasses above: each field's type hint says how to read its
+# TOML value, `_CHECKS` adds the rules a type cannot express, `_check_across` the rules that
+# involve several keys. Problems are collected, never raised one by one.
+
+ENV_PREFIX = "SUPPORT_BOT_"
+# Secrets in bot.toml.example start with this; such a value is never a real secret.
+PLACEHOLDER_PREFIX = "CHANGE-ME"
+# Non-secret values of bot.toml.example that would silently break a running service.
+EXAMPLE_VALUES: Mapping[str, str] = {
+    "matrix.homeserver": "https://matrix.example.org",
+    "web.public_url": "https://support.example.org",
+    "video.jitsi.base_url": "https://meet.example.org",
+}
+LOCALES = ("fr", "en")
+MIN_SECRET_CHARS = 16
+# Keys each video provider cannot work without (only checked for the chosen provider).
+PROVIDER_REQUIRED: Mapping[str, tuple[str, ...]] = {
+    "jitsi": ("base_url",),
+    "bigbluebutton": ("url", "secret"),
+    "nextcloud_talk": ("url", "user", "app_password"),
+}
+
+_ABSENT: Any = object()
+_DAY_NAMES: Mapping[str, int] = {
+    name: number
+    for names in (
+        ("mon", "tue", "wed", "thu", "fri", "sat", "sun"),
+        ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"),
+        ("lun", "mar", "mer", "jeu", "ven", "sam", "dim"),
+        ("lundi", "mardi", "mercredi", "jeudi", "vendredi", "samedi", "dimanche"),
+    )
+    for number, name in enumerate(names)
+}
+_TIME = re.compile(r"(\d{1,2}):(\d{2})")
+_SERVER = r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(?::\d{1,5})?"
+_SERVER_NAME = re.compile(_SERVER)
+_USER_ID = re.compile(r"@[A-Za-z0-9._=/+-]+:" + _SERVER)
+# Room version 12 ids have no server part (`!<hash>`); older ones do (`!opaque:server`).
+_ROOM = re.compile(r"(?:![^\s:]+(?::" + _SERVER + r")?|#[^\s:]+:" + _SERVER + ")")
+_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9]{0,9}")
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0"})
+
+
+class _Invalid(Exception):
+    """A value that cannot be converted; the message is the problem text."""
+
+
+@dataclass(slots=True)
+class _Report:
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    bad: set[str] = field(default_factory=set)  # paths already reported
+    placeholders: set[int] = field(default_factory=set)  # indexes into problems
+    env_names: set[str] = field(default_factory=set)  # every variable we looked up
+
+    def covers(self, path: str) -> bool:
+        """Whether `path` or a table containing it was already reported."""
+        parts = re.split(r"(?=[.[])", path)
+        return any("".join(parts[:end]) in self.bad for end in range(1, len(parts) + 1))
+
+    def add(self, path: str, message: str, *, placeholder: bool = False) -> None:
+        if placeholder:
+            self.placeholders.add(len(self.problems))
+        self.problems.append((path, message))
+        self.bad.add(path)
+
+
+def parse_config(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
+    """Build a `Config` from decoded TOML plus `SUPPORT_BOT_<SECTION>_<KEY>` variables.
+
+    Variables win over the file. Raises `ConfigError` with every problem found.
+    """
+    env = {} if env is None else env
+    report = _Report()
+    values = _read_table(Config, raw, "", env, report, allow_env=True)
+    _check_env_names(env, report)
+    _check_across(values, report)
+    _forgive_unused_placeholders(values, report)
+    if report.problems:
+        raise ConfigError(report.problems)
+    return _build(Config, values)
+
+
+def load_config(path: str | Path, env: Mapping[str, str] = os.environ) -> Config:
+    """Read a TOML file and parse it; file and syntax errors are `ConfigError`s too."""
+    where = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            [(where, "file not found (start from a copy of bot.toml.example)")]
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError([(where, "not UTF-8 text")]) from None
+    except OSError as exc:
+        raise ConfigError([(where, f"cannot read the file: {exc.strerror or exc}")]) from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([(where, _syntax_message(str(exc)))]) from None
+    return parse_config(raw, env)
+
+
+def summarize(config: Config) -> str:
+    """One line describing a valid config, for `check-config` and the start-up log; no secrets."""
+    matrix = config.matrix
+    database = "sqlite" if config.database.url.startswith("sqlite:") else "postgresql"
+    parts = [
+        f"ok: {matrix.user_id} on {matrix.homeserver}",
+        f"staff room {matrix.staff_room}",
+        f"{len(matrix.staff)} staff",
+        database,
+        f"video {config.video.provider}",
+        _count(len(config.availability), "availability window"),
+    ]
+    if config.bridges:
+        parts.append(_count(len(config.bridges), "bridge"))
+    return " · ".join(parts)
+
+
+def env_name(key_path: str) -> str:
+    """`video.bigbluebutton.secret` → `SUPPORT_BOT_VIDEO_BIGBLUEBUTTON_SECRET`."""
+    return ENV_PREFIX + key_path.replace(".", "_").upper()
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+def _read_table(
+    cls: type,
+    raw: Any,
+    path: str,
+    env: Mapping[str, str],
+    report: _Report,
+    *,
+    allow_env: bool,
+) -> dict[str, Any]:
+    """Convert and check one TOML table; return the valid values given, by field name."""
+    if not isinstance(raw, Mapping):
+        report.add(path, f"must be a table, not {_toml_type(raw)}")
+        raw = {}
+    hints = _hints(cls)
+    by_key = {_toml_key(f.name): f for f in fields(cls)}
+    for key in raw:
+        if key not in by_key:
+            report.add(_join(path, key), _unknown_key(key, by_key))
+    values: dict[str, Any] = {}
+    for key, fld in by_key.items():
+        hint, here = hints[fld.name], _join(path, key)
+        if is_dataclass(hint):
+            values[fld.name] = _read_table(
+                hint, raw.get(key, {}), here, env, report, allow_env=allow_env
+            )
+            continue
+        if (item := _table_item(hint)) is not None:
+            if key in raw:
+                values[fld.name] = _read_array(item, raw[key], here, env, report)
+            continue
+        value, origin = raw.get(key, _ABSENT), ""
+        if allow_env:
+            name = env_name(here)
+            report.env_names.add(name)
+            # An empty variable counts as unset: compose files often pass `VAR=` through.
+            if env.get(name):
+                value, origin = env[name], name
+        if value is _ABSENT:
+            if fld.default is MISSING and fld.default_factory is MISSING:
+                if not report.covers(path):
+                    report.add(here, "required")
+            continue
+        _read_value(cls, fld.name, hint, value, here, origin, report, values)
+    return values
+
+
+def _read_array(
+    cls: type, raw: Any, path: str, env: Mapping[str, str], report: _Report
+) -> list[dict[str, Any]]:
+    if not isinstance(raw, list):
+        report.add(path, f"must be an array of tables ([[{path}]]), not {_toml_type(raw)}")
+        return []
+    return [
+        _read_table(cls, item, f"{path}[{index}]", env, report, allow_env=False)
+        for index, item in enumerate(raw)
+    ]
+
+
+def _read_value(
+    cls: type,
+    name: str,
+    hint: Any,
+    value: Any,
+    path: str,
+    origin: str,
+    report: _Report,
+    into: dict[str, Any],
+) -> None:
+    suffix = f" (from {origin})" if origin else ""
+    if _is_placeholder(path, value):
+        report.add(path, _placeholder_message(path, value) + suffix, placeholder=True)
+        return
+    converter = _CONVERTERS.get((cls, name))
+    try:
+        if converter is not None:
+            converted = converter(value)
+        elif get_origin(hint) is tuple:
+            converted = _convert_tuple(hint, value, path, bool(origin), report)
+        else:
+            converted = _convert(hint, value, from_env=bool(origin))
+    except _Invalid as exc:
+        report.add(path, f"{exc}{suffix}")
+        return
+    if converted is None:  # an empty optional value (the default), or bad items reported
+        return
+    check = _CHECKS.get((cls, name))
+    if check is not None:
+        message = check(converted)
+        if message:
+            report.add(path, message + suffix)
+            return
+    item_check = _ITEM_CHECKS.get((cls, name))
+    if item_check is not None:
+        failed = False
+        for index, item in enumerate(converted):
+            if message := item_check(item):
+                report.add(f"{path}[{index}]", message + suffix)
+                failed = True
+        if failed:
+            return
+    into[name] = converted
+
+
+def _convert_tuple(
+    hint: Any, value: Any, path: str, from_env: bool, report: _Report
+) -> tuple[Any, ...] | None:
+    if from_env:
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list):
+        raise _Invalid(f"must be an array, not {_toml_type(value)}")
+    item_hint = get_args(hint)[0]
+    items, failed = [], False
+    for index, item in enumerate(value):
+        try:
+            items.append(_convert(item_hint, item, from_env=from_env))
+        except _Invalid as exc:
+            report.add(f"{path}[{index}]", str(exc))
+            failed = True
+    if failed:
+        report.bad.add(path)
+        return None
+    return tuple(items)
+
+
+def _convert(hint: Any, value: Any, *, from_env: bool) -> Any:
+    """Convert one TOML (or environment string) value to the field's type."""
+    if isinstance(hint, types.UnionType):  # `str | None`: absent or empty means None
+        (inner,) = [arg for arg in get_args(hint) if arg is not type(None)]
+        converted = _convert(inner, value, from_env=from_env)
+        return converted if converted != "" else None
+    if get_origin(hint) is Literal:
+        choices = get_args(hint)
+        if value not in choices:
+            raise _Invalid("must be one of " + ", ".join(f'"{c}"' for c in choices))
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise _Invalid(f"must be a string, not {_toml_type(value)}")
+        return value
+    if hint is bool:
+        if from_env and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        if not isinstance(value, bool):
+            raise _Invalid("must be true or false")
+        return value
+    if hint is int:
+        if from_env:
+            try:
+                return int(value.strip())
+            except ValueError:
+                raise _Invalid("must be an integer") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid(f"must be an integer, not {_toml_type(value)}")
+        return value
+    if hint is float:
+        if from_env:
+            try:
+                return float(value.strip())
+            except ValueError:
+                raise _Invalid("must be a number") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _Invalid(f"must be a number, not {_toml_type(value)}")
+        return float(value)
+    if hint is time:
+        return _parse_time(value)
+    raise TypeError(f"no converter for {hint!r}")  # a new field type: teach _convert
+
+
+def _parse_time(value: Any) -> time:
+    # A TOML local time (`start = 09:00:00`, unquoted) is accepted too.
+    if isinstance(value, time) and value.tzinfo is None:
+        return value
+    match = _TIME.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None or int(match[1]) > 23 or int(match[2]) > 59:
+        raise _Invalid('must be a time "HH:MM" between "00:00" and "23:59"')
+    return time(int(match[1]), int(match[2]))
+
+
+def _parse_days(value: Any) -> tuple[int, ...]:
+    """`["mon", "tue"]`, `["lun-ven"]`, `"mon-fri"`, `[0, 1]` (0 = Monday) → sorted numbers."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise _Invalid('must be a non-empty array of days, e.g. ["mon", "tue"] or ["mon-fri"]')
+    days: set[int] = set()
+    for item in items:
+        if isinstance(item, int) and not isinstance(item, bool):
+            if not 0 <= item <= 6:
+                raise _Invalid(f"day number {item} out of range: 0 = Monday … 6 = Sunday")
+            days.add(item)
+        elif isinstance(item, str):
+            first, dash, last = item.strip().lower().partition("-")
+            if first not in _DAY_NAMES or (dash and last not in _DAY_NAMES):
+                raise _Invalid(
+                    f'unknown day "{item}": use mon … sun, lun … dim, 0 … 6 (0 = Monday)'
+                    ' or a range like "mon-fri"'
+                )
+            start = _DAY_NAMES[first]
+            length = (_DAY_NAMES[last] - start) % 7 if dash else 0  # "sat-mon" wraps
+            days.update((start + offset) % 7 for offset in range(length + 1))
+        else:
+            raise _Invalid(f"a day must be a name or a number, not {_toml_type(item)}")
+    return tuple(sorted(days))
+
+
+# -- per-key rules ----------------------------------------------------------------------------
+
+
+def _http_url(value: str) -> str | None:
+    parts = urlsplit(value)
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or any(c.isspace() for c in value)
+    ):
+        return "must be an http:// or https:// URL"
+    return None
+
+
+def _user_id(value: str) -> str | None:
+    if not _USER_ID.fullmatch(value):
+        return f'not a Matrix user id: expected "@name:server", got "{value}"'
+    return None
+
+
+def _room(value: str) -> str | None:
+    if not _ROOM.fullmatch(value):
+        return (
+            'not a Matrix room id or alias: expected "!id:server" or "#alias:server",'
+            f' got "{value}"'
+        )
+    return None
+
+
+def _server_name(value: str) -> str | None:
+    if not _SERVER_NAME.fullmatch(value):
+        return f'not a server name: expected a host name such as "example.org", got "{value}"'
+    return None
+
+
+def _non_empty(value: str) -> str | None:
+    return "must not be empty" if not value.strip() else None
+
+
+def _secret(value: str | None) -> str | None:
+    if value is not None and len(value) < MIN_SECRET_CHARS:
+        return f"too short: at least {MIN_SECRET_CHARS} characters (a long random string)"
+    return None
+
+
+def _at_least(minimum: float) -> Callable[[float], str | None]:
+    def check(value: float) -> str | None:
+        return f"must be at least {minimum}" if value < minimum else None
+
+    return check
+
+
+def _between(low: int, high: int) -> Callable[[int], str | None]:
+    def check(value: int) -> str | None:
+        return f"must be between {low} and {high}" if not low <= value <= high else None
+
+    return check
+
+
+def _timezone(value: str) -> str | None:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        return f'unknown time zone "{value}": use an IANA name such as "Europe/Paris"'
+    return None
+
+
+def _country(value: str) -> str | None:
+    import holidays  # heavy, and only needed when a config is checked
+
+    supported = holidays.list_supported_countries()
+    if value in supported:
+        return None
+    if value.upper() in supported:
+        return f'country codes are upper case: "{value.upper()}"'
+    return f'unknown country "{value}" for public holidays: use an ISO code such as "FR"'
+
+
+def _locale(value: str) -> str | None:
+    return None if value in LOCALES else "must be one of " + ", ".join(f'"{c}"' for c in LOCALES)
+
+
+def _prefix(value: str) -> str | None:
+    if not _PREFIX.fullmatch(value):
+        return "must be 1 to 10 letters or digits, starting with a letter (as in SP-2026-0042)"
+    return None
+
+
+def _listen(value: str) -> str | None:
+    host, colon, port = value.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return 'must be "host:port", e.g. "127.0.0.1:8080"'
+    return None
+
+
+def _database_url(value: str) -> str | None:
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in ("sqlite", "postgres", "postgresql"):
+        return 'must start with "sqlite://", "postgres://" or "postgresql://"'
+    if scheme == "sqlite" and not rest:
+        return 'needs a file name, e.g. "sqlite://support-bot.sqlite3"'
+    if scheme != "sqlite" and not urlsplit(value).hostname:
+        return 'needs a host, e.g. "postgres://user:password@localhost:5432/support"'
+    return None
+
+
+def _email(value: str) -> str | None:
+    _, address = parseaddr(value)
+    local, at, domain = address.rpartition("@")
+    if not at or not local or ("." not in domain and domain != "localhost"):
+        return f'not an e-mail address: expected "support@example.org", got "{value}"'
+    return None
+
+
+def _nick_format(value: str) -> str | None:
+    return None if "{NICK}" in value else 'must contain "{NICK}", e.g. "[{PROTOCOL}] <{NICK}> "'
+
+
+_CONVERTERS: Mapping[tuple[type, str], Callable[[Any], Any]] = {
+    (Availability, "days"): _parse_days,
+}
+_CHECKS: Mapping[tuple[type, str], Callable[[Any], str | None]] = {
+    (MatrixConfig, "homeserver"): _http_url,
+    (MatrixConfig, "user_id"): _user_id,
+    (MatrixConfig, "staff_room"): _room,
+    (MatrixConfig, "device_name"): _non_empty,
+    (MatrixConfig, "store_path"): _non_empty,
+    (MatrixConfig, "pickle_key"): _secret,
+    (MatrixConfig, "sync_timeline_limit"): _at_least(1),
+    (DatabaseConfig, "url"): _database_url,
+    (ServiceConfig, "timezone"): _timezone,
+    (ServiceConfig, "country"): _country,
+    (ServiceConfig, "default_locale"): _locale,
+    (ServiceConfig, "ticket_prefix"): _prefix,
+    (ServiceConfig, "question_prefix"): _prefix,
+    (ServiceConfig, "quote_prefix"): _prefix,
+    (ServiceConfig, "terms_url"): _http_url,
+    (ServiceConfig, "sla_warning_hours"): _at_least(0),
+    (ServiceConfig, "intake_reminder_hours"): _at_least(1),
+    (ServiceConfig, "intake_expiry_days"): _at_least(1),
+    (ServiceConfig, "confirmation_link_days"): _at_least(1),
+    (ServiceConfig, "warranty_days"): _at_least(0),
+    (ServiceConfig, "max_message_chars"): _at_least(1),
+    (ServiceConfig, "flood_messages_per_minute"): _at_least(1),
+    (ServiceConfig, "slot_minutes"): _at_least(1),
+    (ServiceConfig, "slot_buffer_minutes"): _at_least(0),
+    (ServiceConfig, "min_notice_hours"): _at_least(0),
+    # Keycap reactions exist for 1️⃣ … 🔟 only.
+    (ServiceConfig, "slots_offered"): _between(1, 10),
+    (WebConfig, "listen"): _listen,
+    (WebConfig, "public_url"): _http_url,
+    (WebConfig, "secret"): _secret,
+    (MailConfig, "host"): _non_empty,
+    (MailConfig, "port"): _between(1, 65535),
+    (MailConfig, "from_"): _email,
+    (JitsiConfig, "base_url"): _http_url,
+    (JitsiConfig, "token_minutes"): _at_least(1),
+    (BigBlueButtonConfig, "url"): _http_url,
+    (NextcloudTalkConfig, "url"): _http_url,
+    (Availability, "staff"): _user_id,
+    (BridgeConfig, "user_id"): _user_id,
+    (BridgeConfig, "nick_format"): _nick_format,
+}
+_ITEM_CHECKS: Mapping[tuple[type, str], Callable[[Any], str | None]] = {
+    (MatrixConfig, "staff"): _user_id,
+    (MatrixConfig, "support_rooms"): _room,
+    (MatrixConfig, "allowed_servers"): _server_name,
+    (ServiceConfig, "reminder_offsets_minutes"): _at_least(1),
+}
+
+
+# -- rules across keys ------------------------------------------------------------------------
+
+
+def _check_across(values: dict[str, Any], report: _Report) -> None:
+    matrix, service, web, mail, video = (
+        values[name] for name in ("matrix", "service", "web", "mail", "video")
+    )
+    if not (matrix.get("password") or matrix.get("access_token")) and not (
+        report.covers("matrix.password") or report.covers("matrix.access_token")
+    ):
+        report.add(
+            "matrix.password",
+            "required: set matrix.password or matrix.access_token (or the variable "
+            f"{env_name('matrix.password')} / {env_name('matrix.access_token')})",
+        )
+    if not web.get("secret") and not report.covers("web.secret"):
+        report.add(
+            "web.secret",
+            f"required: a random string of at least {MIN_SECRET_CHARS} characters that signs"
+            f" confirmation links (or the variable {env_name('web.secret')})",
+        )
+    if "username" in mail and "password" not in mail and not report.covers("mail.password"):
+        report.add(
+            "mail.password",
+            f"required when mail.username is set (or the variable {env_name('mail.password')})",
+        )
+
+    def setting(name: str) -> Any:  # None when the key was already reported
+        if report.covers(f"service.{name}"):
+            return None
+        return service.get(name, _default(ServiceConfig, name))
+
+    day_start, day_end = setting("day_start"), setting("day_end")
+    if day_start is not None and day_end is not None and day_start >= day_end:
+        report.add("service.day_start", f"must be before service.day_end ({day_end:%H:%M})")
+    prefixes: dict[str, str] = {}
+    for name in ("ticket_prefix", "question_prefix", "quote_prefix"):
+        if (prefix := setting(name)) is None:
+            continue
+        if (other := prefixes.setdefault(prefix.upper(), name)) != name:
+            report.add(
+                f"service.{name}",
+                f'"{prefix}" is also service.{other}: references must tell tickets, questions'
+                " and quotes apart",
+            )
+    reminder, expiry = setting("intake_reminder_hours"), setting("intake_expiry_days")
+    if reminder is not None and expiry is not None and reminder >= expiry * 24:
+        report.add(
+            "service.intake_reminder_hours",
+            f"must be shorter than service.intake_expiry_days ({expiry} days)",
+        )
+
+    provider = video.get("provider")
+    if provider is not None or not report.covers("video.provider"):
+        provider = provider or _default(VideoConfig, "provider")
+        settings = video[provider]
+        for key in PROVIDER_REQUIRED[provider]:
+            path = f"video.{provider}.{key}"
+            if not settings.get(key) and not report.covers(path):
+                report.add(path, f'required when video.provider is "{provider}"')
+    jitsi = video["jitsi"]
+    if ("app_id" in jitsi) != ("app_secret" in jitsi):
+        missing = "app_secret" if "app_id" in jitsi else "app_id"
+        if not report.covers(f"video.jitsi.{missing}"):
+            report.add(
+                f"video.jitsi.{missing}",
+                "required: app_id and app_secret go together (signed Jitsi tokens)",
+            )
+
+    for index, window in enumerate(values.get("availability", [])):
+        if "start" in window and "end" in window and window["start"] >= window["end"]:
+            report.add(
+                f"availability[{index}].start",
+                f"must be before availability[{index}].end ({window['end']:%H:%M})",
+            )
+
+
+def _check_env_names(env: Mapping[str, str], report: _Report) -> None:
+    """A misspelt `SUPPORT_BOT_MATRIX_PASWORD` would be ignored silently: report it."""
+    sections = [
+        env_name(name) + "_" for name, hint in _hints(Config).items() if is_dataclass(hint)
+    ]
+    for name in env:
+        if name in report.env_names or not name.startswith(tuple(sections)):
+            continue
+        close = get_close_matches(name, report.env_names, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        report.add(name, f"unknown setting in the environment{hint}")
+
+
+def _forgive_unused_placeholders(values: dict[str, Any], report: _Report) -> None:
+    """Example values in the sections of video providers not in use are harmless."""
+    provider = values["video"].get("provider", _default(VideoConfig, "provider"))
+    unused = tuple(f"video.{name}." for name in PROVIDER_REQUIRED if name != provider)
+    report.problems = [
+        problem
+        for index, problem in enumerate(report.problems)
+        if index not in report.placeholders or not problem[0].startswith(unused)
+    ]
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _is_placeholder(path: str, value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    if value.strip().upper().startswith(PLACEHOLDER_PREFIX):
+        return True
+    example = EXAMPLE_VALUES.get(path)
+    return example is not None and value.strip().rstrip("/") == example
+
+
+def _placeholder_message(path: str, value: str) -> str:
+    if path in EXAMPLE_VALUES:
+        return f'"{EXAMPLE_VALUES[path]}" is the example\'s value from bot.toml.example: use yours'
+    return (
+        f'still the example\'s placeholder from bot.toml.example ("{PLACEHOLDER_PREFIX}…"):'
+        " replace it with your own value"
+    )
+
+
+def _build(cls: type, values: Mapping[str, Any]) -> Any:
+    hints, kwargs = _hints(cls), {}
+    for name, value in values.items():
+        hint = hints[name]
+        if is_dataclass(hint):
+            kwargs[name] = _build(hint, value)
+        elif (item := _table_item(hint)) is not None:
+            kwargs[name] = tuple(_build(item, one) for one in value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _default(cls: type, name: str) -> Any:
+    # Slotted dataclasses keep no class attribute holding the default: ask the field.
+    (fld,) = [f for f in fields(cls) if f.name == name]
+    return fld.default
+
+
+@cache
+def _hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def _table_item(hint: Any) -> type | None:
+    """The dataclass of a `tuple[SomeDataclass, ...]` field (a TOML array of tables)."""
+    if get_origin(hint) is tuple:
+        item = get_args(hint)[0]
+        if is_dataclass(item):
+            return item
+    return None
+
+
+def _toml_key(name: str) -> str:
+    return name.rstrip("_")  # `from_` is `from` in TOML
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _unknown_key(key: str, known: Mapping[str, Any]) -> str:
+    close = get_close_matches(key, list(known), n=1)
+    if close:
+        return f'unknown key (did you mean "{close[0]}"?)'
+    return "unknown key (known: " + ", ".join(known) + ")"
+
+
+def _toml_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, Mapping):
+        return "a table"
+    return "a date or time"
+
+
+def _syntax_message(error: str) -> str:
+    match = re.search(r"\s*\(at line (\d+), column (\d+)\)$", error)
+    if match is None:
+        return f"TOML syntax error: {error}"
+    return f"TOML syntax error at line {match[1]}, column {match[2]}: {error[: match.start()]}"
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"

@@ -1,0 +1,62 @@
+"""Opening the database and applying migrations (Tortoise's built-in migration engine)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from tortoise import Tortoise
+from tortoise.migrations.api import migrate
+
+log = logging.getLogger(__name__)
+
+MODELS_MODULE = "bot.storage.models"
+MIGRATIONS_MODULE = "bot.storage.migrations"
+
+
+def normalize_url(url: str) -> str:
+    """Tortoise spells PostgreSQL `postgres://`; operators often write `postgresql://`."""
+    if url.startswith("postgresql://"):
+        return "postgres://" + url[len("postgresql://") :]
+    return url
+
+
+def tortoise_config(url: str) -> dict[str, Any]:
+    return {
+        "connections": {"default": normalize_url(url)},
+        "apps": {
+            "models": {
+                "models": [MODELS_MODULE],
+                "migrations": MIGRATIONS_MODULE,
+                "default_connection": "default",
+            }
+        },
+        "use_tz": True,
+        "timezone": "UTC",
+    }
+
+
+async def apply_migrations(url: str) -> list[str]:
+    """Apply pending migrations; returns the names applied (empty when up to date)."""
+    applied: list[str] = []
+
+    def progress(event: str, app_label: str, name: str) -> None:
+        if event == "apply_done":
+            applied.append(f"{app_label}.{name}")
+
+    await migrate(config=tortoise_config(url), progress=progress)
+    await Tortoise.close_connections()
+    return applied
+
+
+async def open_db(url: str, *, run_migrations: bool = True) -> list[str]:
+    """Open the database for the bot (migrating first unless told not to)."""
+    applied = await apply_migrations(url) if run_migrations else []
+    if applied:
+        log.info("database: applied %d migration(s): %s", len(applied), ", ".join(applied))
+    await Tortoise.init(config=tortoise_config(url), _enable_global_fallback=True)
+    return applied
+
+
+async def close_db() -> None:
+    await Tortoise.close_connections()

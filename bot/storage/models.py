@@ -1,0 +1,293 @@
+"""Tortoise models: everything the bot must remember across restarts.
+
+Schema changes go through migrations in `bot/storage/migrations` (Tortoise's built-in
+`makemigrations`; see README). Stored enum values are never renamed.
+"""
+
+from __future__ import annotations
+
+from tortoise import fields
+from tortoise.models import Model
+
+
+# Small key/value rows: sync token, access token, device id.
+class BotState(Model):
+    key = fields.CharField(max_length=64, primary_key=True)
+    value = fields.TextField()
+
+    class Meta:
+        table = "bot_state"
+
+
+# Every Matrix event the bot has handled; the unique id makes a redelivery a no-op.
+class HandledEvent(Model):
+    event_id = fields.CharField(max_length=255, primary_key=True)
+    room_id = fields.CharField(max_length=255)
+    handled_at = fields.DatetimeField()
+
+    class Meta:
+        table = "handled_event"
+
+
+# A message the bot sent, keyed by a transaction id derived from what it answers.
+class SentMessage(Model):
+    txn_id = fields.CharField(max_length=255, primary_key=True)
+    room_id = fields.CharField(max_length=255)
+    event_id = fields.CharField(max_length=255, null=True)
+    sent_at = fields.DatetimeField()
+
+    class Meta:
+        table = "sent_message"
+
+
+# A person asking for support: a Matrix user, or a nickname behind a bridge in one room.
+class Client(Model):
+    id = fields.IntField(primary_key=True)
+    # "@alice:example.org", or "bridge:<room id>:<nickname>"; replaced by "anon:<id>" on erase.
+    key = fields.CharField(max_length=512, unique=True)
+    display_name = fields.CharField(max_length=255, null=True)
+    email = fields.CharField(max_length=320, null=True)
+    locale = fields.CharField(max_length=8, null=True)
+    terms_shown_at = fields.DatetimeField(null=True)
+    terms_url = fields.CharField(max_length=512, null=True)
+    private_room_id = fields.CharField(max_length=255, null=True)
+    erased_at = fields.DatetimeField(null=True)
+    created_at = fields.DatetimeField()
+
+    class Meta:
+        table = "client"
+
+
+# Preferences of any Matrix user (staff included): their language.
+class UserPref(Model):
+    user_key = fields.CharField(max_length=512, primary_key=True)
+    locale = fields.CharField(max_length=8)
+
+    class Meta:
+        table = "user_pref"
+
+
+# The intake conversation of one client in one room (the persisted state machine).
+class Conversation(Model):
+    id = fields.IntField(primary_key=True)
+    room_id = fields.CharField(max_length=255)
+    client_key = fields.CharField(max_length=512)
+    step = fields.CharField(max_length=32)
+    data = fields.JSONField(default=dict)
+    version = fields.IntField(default=0)
+    updated_at = fields.DatetimeField()
+
+    class Meta:
+        table = "conversation"
+        unique_together = (("room_id", "client_key"),)
+
+
+# Per-prefix, per-year sequence for references such as SP-2026-0042.
+class RefCounter(Model):
+    id = fields.IntField(primary_key=True)
+    prefix = fields.CharField(max_length=16)
+    year = fields.IntField()
+    last_value = fields.IntField(default=0)
+
+    class Meta:
+        table = "ref_counter"
+        unique_together = (("prefix", "year"),)
+
+
+# A ticket, a feasibility question or a quote request (see `kind`).
+class Ticket(Model):
+    id = fields.IntField(primary_key=True)
+    ref = fields.CharField(max_length=32, unique=True)
+    kind = fields.CharField(max_length=16)
+    status = fields.CharField(max_length=32)
+    category = fields.CharField(max_length=32)
+    channel = fields.CharField(max_length=16)
+    client: fields.ForeignKeyRelation[Client] = fields.ForeignKeyField(
+        "models.Client", related_name="tickets", on_delete=fields.RESTRICT
+    )
+    room_id = fields.CharField(max_length=255)
+    locale = fields.CharField(max_length=8)
+    description = fields.TextField()
+    instance_url = fields.CharField(max_length=1024, null=True)
+    instance_version = fields.CharField(max_length=64, null=True)
+    survey_id = fields.CharField(max_length=32, null=True)
+    email = fields.CharField(max_length=320, null=True)
+    created_at = fields.DatetimeField()
+    sla_due = fields.DatetimeField(null=True)
+    first_response_at = fields.DatetimeField(null=True)
+    assigned_to = fields.CharField(max_length=255, null=True)
+    estimate_minutes = fields.IntField(null=True)
+    confirmed_tickets = fields.IntField(null=True)
+    minutes_logged = fields.IntField(default=0)
+    client_confirmed_at = fields.DatetimeField(null=True)
+    staff_confirmed_by = fields.CharField(max_length=255, null=True)
+    resolved_at = fields.DatetimeField(null=True)
+    accepted_at = fields.DatetimeField(null=True)
+    warranty_until = fields.DatetimeField(null=True)
+    card_event_id = fields.CharField(max_length=255, null=True, unique=True)
+    sla_warned_at = fields.DatetimeField(null=True)
+    sla_missed_at = fields.DatetimeField(null=True)
+    converted_from = fields.CharField(max_length=32, null=True)
+    closed_reason = fields.TextField(null=True)
+    version = fields.IntField(default=0)
+
+    class Meta:
+        table = "ticket"
+
+
+# Further messages a client added to an open ticket (R1).
+class TicketNote(Model):
+    id = fields.IntField(primary_key=True)
+    ticket: fields.ForeignKeyRelation[Ticket] = fields.ForeignKeyField(
+        "models.Ticket", related_name="notes", on_delete=fields.CASCADE
+    )
+    author_key = fields.CharField(max_length=512)
+    text = fields.TextField()
+    at = fields.DatetimeField()
+
+    class Meta:
+        table = "ticket_note"
+
+
+class TimeLog(Model):
+    id = fields.IntField(primary_key=True)
+    ticket: fields.ForeignKeyRelation[Ticket] = fields.ForeignKeyField(
+        "models.Ticket", related_name="time_logs", on_delete=fields.CASCADE
+    )
+    staff = fields.CharField(max_length=255)
+    minutes = fields.IntField()
+    note = fields.TextField(null=True)
+    at = fields.DatetimeField()
+
+    class Meta:
+        table = "time_log"
+
+
+# Every state change of a ticket: who, when, from → to, why.
+class AuditEntry(Model):
+    id = fields.IntField(primary_key=True)
+    ticket: fields.ForeignKeyRelation[Ticket] = fields.ForeignKeyField(
+        "models.Ticket", related_name="audit", on_delete=fields.CASCADE
+    )
+    actor = fields.CharField(max_length=512)
+    at = fields.DatetimeField()
+    action = fields.CharField(max_length=64)
+    from_status = fields.CharField(max_length=32, null=True)
+    to_status = fields.CharField(max_length=32, null=True)
+    detail = fields.TextField(null=True)
+
+    class Meta:
+        table = "audit_entry"
+
+
+# Reactions the bot acted on, so that their redaction can be undone after a restart.
+class Reaction(Model):
+    event_id = fields.CharField(max_length=255, primary_key=True)
+    room_id = fields.CharField(max_length=255)
+    target_event_id = fields.CharField(max_length=255)
+    sender = fields.CharField(max_length=255)
+    key = fields.CharField(max_length=64)
+    at = fields.DatetimeField()
+
+    class Meta:
+        table = "reaction"
+
+
+# A call booked on a slot. `slot_lock` is set while active: its uniqueness is what makes
+# double booking impossible, and it is cleared (NULL) when the booking is cancelled.
+class Booking(Model):
+    id = fields.IntField(primary_key=True)
+    ticket: fields.ForeignKeyRelation[Ticket] = fields.ForeignKeyField(
+        "models.Ticket", related_name="bookings", on_delete=fields.CASCADE
+    )
+    staff = fields.CharField(max_length=255)
+    start = fields.DatetimeField()
+    end = fields.DatetimeField()
+    slot_lock = fields.CharField(max_length=320, null=True, unique=True)
+    status = fields.CharField(max_length=16, default="active")
+    provider = fields.CharField(max_length=32, null=True)
+    meeting_id = fields.CharField(max_length=255, null=True)
+    client_url = fields.TextField(null=True)
+    staff_url = fields.TextField(null=True)
+    created_at = fields.DatetimeField()
+
+    class Meta:
+        table = "booking"
+
+
+class Reminder(Model):
+    id = fields.IntField(primary_key=True)
+    booking: fields.ForeignKeyRelation[Booking] = fields.ForeignKeyField(
+        "models.Booking", related_name="reminders", on_delete=fields.CASCADE
+    )
+    offset_minutes = fields.IntField()
+    due_at = fields.DatetimeField()
+    sent_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "reminder"
+        unique_together = (("booking_id", "offset_minutes"),)
+
+
+# A blocked period (staff NULL = nobody available).
+class Block(Model):
+    id = fields.IntField(primary_key=True)
+    staff = fields.CharField(max_length=255, null=True)
+    start = fields.DatetimeField()
+    end = fields.DatetimeField()
+    created_by = fields.CharField(max_length=255)
+    created_at = fields.DatetimeField()
+
+    class Meta:
+        table = "block"
+
+
+# The slots last offered to a client for a ticket (numbers 1…5 refer to these).
+class SlotOffer(Model):
+    id = fields.IntField(primary_key=True)
+    ticket: fields.ForeignKeyRelation[Ticket] = fields.ForeignKeyField(
+        "models.Ticket", related_name="slot_offers", on_delete=fields.CASCADE
+    )
+    slots = fields.JSONField()
+    event_id = fields.CharField(max_length=255, null=True)
+    created_at = fields.DatetimeField()
+    active = fields.BooleanField(default=True)
+
+    class Meta:
+        table = "slot_offer"
+
+
+# A single-use, expiring consent link for an intervention estimate (stored hashed).
+class ConfirmationToken(Model):
+    id = fields.IntField(primary_key=True)
+    ticket: fields.ForeignKeyRelation[Ticket] = fields.ForeignKeyField(
+        "models.Ticket", related_name="confirmation_tokens", on_delete=fields.CASCADE
+    )
+    token_hash = fields.CharField(max_length=128, unique=True)
+    tickets = fields.IntField()
+    estimate_minutes = fields.IntField()
+    created_at = fields.DatetimeField()
+    expires_at = fields.DatetimeField()
+    used_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "confirmation_token"
+
+
+# The secret token of each staff member's .ics feed.
+class StaffFeed(Model):
+    staff = fields.CharField(max_length=255, primary_key=True)
+    token_hash = fields.CharField(max_length=128, unique=True)
+    created_at = fields.DatetimeField()
+
+    class Meta:
+        table = "staff_feed"
+
+
+# One-time notices already given (SLA warnings, flood notices…), unique by key.
+class Notice(Model):
+    key = fields.CharField(max_length=255, primary_key=True)
+    at = fields.DatetimeField()
+
+    class Meta:
+        table = "notice"
