@@ -29,15 +29,28 @@ class HandledEvent(Model):
         table = "handled_event"
 
 
-# A message the bot sent, keyed by a transaction id derived from what it answers.
-class SentMessage(Model):
-    txn_id = fields.CharField(max_length=255, primary_key=True)
+# What the bot sends, written in the same transaction as the state change that causes it
+# (a transactional outbox), then delivered in order with `txn_id` as the Matrix transaction
+# id, so that a crash and replay never answers twice. `target` names the event an edit or a
+# reaction applies to ("event:$id", or "card:<ticket id>" resolved at delivery time);
+# `on_sent` tells what to remember of the event id once sent ("card:<ticket id>",
+# "slot_offer:<id>").
+class OutboxItem(Model):
+    id = fields.IntField(primary_key=True)
+    txn_id = fields.CharField(max_length=255, unique=True)
     room_id = fields.CharField(max_length=255)
+    kind = fields.CharField(max_length=16)  # message | edit | reaction | file
+    content = fields.JSONField()
+    target = fields.CharField(max_length=255, null=True)
+    on_sent = fields.CharField(max_length=255, null=True)
+    created_at = fields.DatetimeField()
+    sent_at = fields.DatetimeField(null=True)
     event_id = fields.CharField(max_length=255, null=True)
-    sent_at = fields.DatetimeField()
+    attempts = fields.IntField(default=0)
+    failed = fields.BooleanField(default=False)
 
     class Meta:
-        table = "sent_message"
+        table = "outbox_item"
 
 
 # A person asking for support: a Matrix user, or a nickname behind a bridge in one room.
@@ -76,6 +89,8 @@ class Conversation(Model):
     data = fields.JSONField(default=dict)
     version = fields.IntField(default=0)
     updated_at = fields.DatetimeField()
+    # When the sweeper should look at it next (reminder or expiry); NULL when finished.
+    due_at = fields.DatetimeField(null=True)
 
     class Meta:
         table = "conversation"
@@ -291,3 +306,18 @@ class Notice(Model):
 
     class Meta:
         table = "notice"
+
+
+# An encrypted event the bot could not decrypt yet: kept, keys requested, retried when they
+# arrive (never dropped, never answered with "I can't read you" while keys are merely late).
+class UndecryptedEvent(Model):
+    event_id = fields.CharField(max_length=255, primary_key=True)
+    room_id = fields.CharField(max_length=255)
+    sender = fields.CharField(max_length=255)
+    session_id = fields.CharField(max_length=255)
+    source = fields.JSONField()
+    received_at = fields.DatetimeField()
+    attempts = fields.IntField(default=0)
+
+    class Meta:
+        table = "undecrypted_event"

@@ -58,6 +58,7 @@ class Migration(migrations.Migration):
                 ('data', fields.JSONField(default=dict, encoder=functools.partial(dumps, separators=(',', ':')), decoder=loads)),
                 ('version', fields.IntField(default=0)),
                 ('updated_at', fields.DatetimeField(auto_now=False, auto_now_add=False)),
+                ('due_at', fields.DatetimeField(null=True, auto_now=False, auto_now_add=False)),
             ],
             options={'table': 'conversation', 'app': 'models', 'unique_together': (('room_id', 'client_key'),), 'pk_attr': 'id'},
             bases=['Model'],
@@ -82,6 +83,25 @@ class Migration(migrations.Migration):
             bases=['Model'],
         ),
         ops.CreateModel(
+            name='OutboxItem',
+            fields=[
+                ('id', fields.IntField(generated=True, primary_key=True, unique=True, db_index=True)),
+                ('txn_id', fields.CharField(unique=True, max_length=255)),
+                ('room_id', fields.CharField(max_length=255)),
+                ('kind', fields.CharField(max_length=16)),
+                ('content', fields.JSONField(encoder=functools.partial(dumps, separators=(',', ':')), decoder=loads)),
+                ('target', fields.CharField(null=True, max_length=255)),
+                ('on_sent', fields.CharField(null=True, max_length=255)),
+                ('created_at', fields.DatetimeField(auto_now=False, auto_now_add=False)),
+                ('sent_at', fields.DatetimeField(null=True, auto_now=False, auto_now_add=False)),
+                ('event_id', fields.CharField(null=True, max_length=255)),
+                ('attempts', fields.IntField(default=0)),
+                ('failed', fields.BooleanField(default=False)),
+            ],
+            options={'table': 'outbox_item', 'app': 'models', 'pk_attr': 'id'},
+            bases=['Model'],
+        ),
+        ops.CreateModel(
             name='Reaction',
             fields=[
                 ('event_id', fields.CharField(primary_key=True, unique=True, db_index=True, max_length=255)),
@@ -103,17 +123,6 @@ class Migration(migrations.Migration):
                 ('last_value', fields.IntField(default=0)),
             ],
             options={'table': 'ref_counter', 'app': 'models', 'unique_together': (('prefix', 'year'),), 'pk_attr': 'id'},
-            bases=['Model'],
-        ),
-        ops.CreateModel(
-            name='SentMessage',
-            fields=[
-                ('txn_id', fields.CharField(primary_key=True, unique=True, db_index=True, max_length=255)),
-                ('room_id', fields.CharField(max_length=255)),
-                ('event_id', fields.CharField(null=True, max_length=255)),
-                ('sent_at', fields.DatetimeField(auto_now=False, auto_now_add=False)),
-            ],
-            options={'table': 'sent_message', 'app': 'models', 'pk_attr': 'txn_id'},
             bases=['Model'],
         ),
         ops.CreateModel(
@@ -262,6 +271,20 @@ class Migration(migrations.Migration):
                 ('at', fields.DatetimeField(auto_now=False, auto_now_add=False)),
             ],
             options={'table': 'time_log', 'app': 'models', 'pk_attr': 'id'},
+            bases=['Model'],
+        ),
+        ops.CreateModel(
+            name='UndecryptedEvent',
+            fields=[
+                ('event_id', fields.CharField(primary_key=True, unique=True, db_index=True, max_length=255)),
+                ('room_id', fields.CharField(max_length=255)),
+                ('sender', fields.CharField(max_length=255)),
+                ('session_id', fields.CharField(max_length=255)),
+                ('source', fields.JSONField(encoder=functools.partial(dumps, separators=(',', ':')), decoder=loads)),
+                ('received_at', fields.DatetimeField(auto_now=False, auto_now_add=False)),
+                ('attempts', fields.IntField(default=0)),
+            ],
+            options={'table': 'undecrypted_event', 'app': 'models', 'pk_attr': 'event_id'},
             bases=['Model'],
         ),
         ops.CreateModel(
