@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from tortoise import Tortoise
+from tortoise.backends.base.executor import EXECUTOR_CACHE
 from tortoise.migrations.api import migrate
 
 log = logging.getLogger(__name__)
@@ -60,3 +61,7 @@ async def open_db(url: str, *, run_migrations: bool = True) -> list[str]:
 
 async def close_db() -> None:
     await Tortoise.close_connections()
+    # Tortoise caches each model's INSERT statement by connection name, not by dialect: a
+    # process that reopens another backend under the same name (the test suite runs SQLite
+    # then PostgreSQL) would reuse SQLite's placeholders on PostgreSQL.
+    EXECUTOR_CACHE.clear()

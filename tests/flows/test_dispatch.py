@@ -1,0 +1,122 @@
+"""The router, error boundary and exactly-once outbox, through the real database."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.dispatch import CommandSpec, Context
+from bot.storage.models import HandledEvent, OutboxItem
+from bot.testing.harness import STAFF, STAFF_ROOM, BotHarness
+
+DM = "!dm-alice:test"
+ALICE = "@alice:test"
+
+
+@pytest.fixture
+async def bot(db_url):
+    async with BotHarness.open(db_url) as harness:
+        yield harness
+
+
+async def test_help_is_french_by_default_then_english_after_lang(bot):
+    sent = await bot.say(DM, ALICE, "!aide")
+    assert len(sent) == 1
+    assert sent[0].content["msgtype"] == "m.notice"
+    assert "Voici ce que je comprends" in sent[0].body
+    assert "!help / !aide" in sent[0].body
+    # Clients are not shown staff commands.
+    assert "!queue" not in sent[0].body
+
+    sent = await bot.say(DM, ALICE, "!lang en")
+    assert sent[0].body == "Understood, I will now write to you in English."
+    sent = await bot.say(DM, ALICE, "!help")
+    assert "Here is what I understand" in sent[0].body
+
+
+async def test_lang_back_to_french_and_bad_value(bot):
+    await bot.say(DM, ALICE, "!lang en")
+    sent = await bot.say(DM, ALICE, "!lang klingon")
+    assert "fr, en" in sent[0].body
+    sent = await bot.say(DM, ALICE, "!langue fr")
+    assert "français" in sent[0].body
+
+
+async def test_unknown_command_gets_a_hint(bot):
+    sent = await bot.say(DM, ALICE, "!frobnicate now")
+    assert "!frobnicate" in sent[0].body
+    assert "!aide" in sent[0].body or "!help" in sent[0].body
+
+
+async def test_html_is_escaped_in_replies(bot):
+    sent = await bot.say(DM, ALICE, "!<script>")
+    for message in sent:
+        assert "<script>" not in (message.html or "")
+
+
+async def test_handler_exception_gives_apology_with_reference_and_next_message_works(bot):
+    async def boom(ctx: Context) -> None:
+        raise RuntimeError("handler bug")
+
+    bot.dispatcher.router.commands.insert(0, CommandSpec(("boom",), "x", handler=boom))
+    sent = await bot.say(DM, ALICE, "!boom")
+    assert len(sent) == 1
+    assert "référence" in sent[0].body
+    # The event is recorded as handled: a redelivery does not apologise twice.
+    assert await HandledEvent.filter(room_id=DM).count() == 1
+    sent = await bot.say(DM, ALICE, "!aide")
+    assert "Voici ce que je comprends" in sent[0].body
+
+
+async def test_redelivered_event_is_answered_once(bot):
+    first = await bot.say(DM, ALICE, "!aide", event_id="$same")
+    again = await bot.say(DM, ALICE, "!aide", event_id="$same")
+    assert len(first) == 1
+    assert again == []
+
+
+async def test_failed_send_stays_in_outbox_and_is_sent_once_later(bot):
+    bot.transport.fail_next = 100  # homeserver unreachable for this pass
+    from bot import outbox
+
+    outbox_max = outbox.MAX_ATTEMPTS
+    outbox.MAX_ATTEMPTS = 1_000_000
+    try:
+        import asyncio
+
+        task = asyncio.create_task(bot.say(DM, ALICE, "!aide"))
+        await asyncio.sleep(0.2)
+        assert bot.transport.sent == []
+        assert await OutboxItem.filter(sent_at=None).count() == 1
+        task.cancel()
+    finally:
+        outbox.MAX_ATTEMPTS = outbox_max
+    bot.transport.fail_next = 0
+    await bot.restart()
+    await bot.deliverer.deliver_pending()
+    assert len(bot.transport.sent) == 1
+    await bot.deliverer.deliver_pending()
+    assert len(bot.transport.sent) == 1
+
+
+async def test_staff_command_refused_for_clients_and_bridges(bot):
+    sent = await bot.say(DM, ALICE, "!queue")
+    assert len(sent) == 1
+    assert "équipe" in sent[0].body or "staff" in sent[0].body
+
+
+async def test_staff_sees_staff_commands_in_help(bot):
+    sent = await bot.say(STAFF_ROOM, STAFF, "!aide")
+    assert "!queue" in sent[0].body
+
+
+async def test_too_long_message_is_refused_politely(bot):
+    sent = await bot.say(DM, ALICE, "x" * 20_001)
+    assert len(sent) == 1
+    assert "20000" in sent[0].body.replace("\u202f", "").replace(" ", "")
+
+
+async def test_restart_keeps_language(bot):
+    await bot.say(DM, ALICE, "!lang en")
+    await bot.restart()
+    sent = await bot.say(DM, ALICE, "!help")
+    assert "Here is what I understand" in sent[0].body
