@@ -252,9 +252,10 @@ async def run_bot(
         holder["dispatcher"] = dispatcher
 
         async def on_confirmed(ticket_id: int) -> None:
-            hook = services.extras.get("on_client_confirmed")
-            if hook is not None:
-                await hook(services, ticket_id)
+            # The web page confirmed: the chat side updates the card and tells everyone.
+            from handlers import interventions
+
+            await interventions.on_client_confirmed(services, ticket_id)
 
         web = build_web_app(
             config=config,

@@ -168,7 +168,8 @@ def txn_base(event_id: str) -> str:
 
 
 def notice_content(plain: str, formatted: str | None) -> dict[str, Any]:
-    content: dict[str, Any] = {"msgtype": "m.notice", "body": plain}
+    # An empty m.mentions: nothing the bot relays (client text, names) may ping anyone.
+    content: dict[str, Any] = {"msgtype": "m.notice", "body": plain, "m.mentions": {}}
     if formatted is not None:
         content["format"] = "org.matrix.custom.html"
         content["formatted_body"] = formatted

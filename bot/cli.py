@@ -1,0 +1,356 @@
+"""`support-bot` command line: run the bot, try it, check its config, read its tickets.
+
+Each subcommand imports what it needs inside its own branch: `--help` stays fast, and a module
+that fails to import breaks only the subcommands that use it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import inspect
+import logging
+import signal
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bot.config import Config, ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = "bot.toml"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# Only levels and origins: message content belongs in no log line (SPEC §7), so the format adds
+# nothing beyond what the code chose to log.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Loggers that speak about traffic (requests, access lines, ORM start/stop), not about the bot.
+QUIET_LOGGERS = ("nio", "aiohttp.access", "aiohttp.client", "aiohttp.server", "tortoise")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    command: Callable[[argparse.Namespace], int] = getattr(args, "handler", _run)
+    try:
+        return command(args)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the event loop took over
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="support-bot",
+        description="Matrix front desk for a support service sold as one-hour tickets.",
+        parents=[_common_options(config=DEFAULT_CONFIG, log_level="INFO")],
+        epilog="Without a subcommand, `run` is assumed.",
+    )
+    # `--config` and `--log-level` are accepted after the subcommand too. There their default
+    # is SUPPRESS, so an option given before the subcommand is not reset by it.
+    common = _common_options(config=argparse.SUPPRESS, log_level=argparse.SUPPRESS)
+    commands = parser.add_subparsers(title="subcommands", dest="command", metavar="COMMAND")
+
+    def add(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> Any:
+        sub = commands.add_parser(
+            name,
+            parents=[common],
+            help=help_text,
+            description=help_text[:1].upper() + help_text[1:],
+        )
+        sub.set_defaults(handler=handler)
+        return sub
+
+    add("run", _run, "run the bot (the default)")
+
+    demo = add("demo", _demo, "try the bot on this machine: a throwaway homeserver and accounts")
+    demo.add_argument(
+        "--data-dir",
+        default="demo-data",
+        metavar="DIR",
+        help="where the demo keeps its homeserver, database and config (default: demo-data)",
+    )
+    demo.add_argument(
+        "--port",
+        type=_port,
+        default=8008,
+        help="homeserver port on 127.0.0.1 (default: 8008; 0 picks a free one)",
+    )
+    demo.add_argument(
+        "--chat",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="chat with the bot from this terminal as the demo client "
+        "(default: on when standard input is a terminal)",
+    )
+    demo.add_argument(
+        "--reset", action="store_true", help="delete the demo data first and start afresh"
+    )
+    demo.add_argument(
+        "--no-bot",
+        dest="bot",
+        action="store_false",
+        help="prepare the homeserver, accounts and config but do not start the bot "
+        "(run it yourself with: support-bot --config DIR/bot.toml run)",
+    )
+
+    check = add("check-config", _check_config, "check a configuration file, report every error")
+    check.add_argument(
+        "path", nargs="?", metavar="PATH", help="file to check (default: the --config file)"
+    )
+
+    add("migrate", _migrate, "apply pending database migrations")
+
+    tickets = add("tickets", _missing_subcommand, "list, show or export tickets")
+    ticket_commands = tickets.add_subparsers(
+        title="tickets subcommands", dest="tickets_command", metavar="COMMAND"
+    )
+    ticket_commands.add_parser("list", parents=[common], help="list tickets").set_defaults(
+        handler=_tickets_list
+    )
+    show = ticket_commands.add_parser("show", parents=[common], help="show one ticket")
+    show.add_argument("ref", metavar="REF", help="ticket reference, e.g. SP-2026-0042")
+    show.set_defaults(handler=_tickets_show)
+    export = ticket_commands.add_parser("export", parents=[common], help="export every ticket")
+    export.add_argument("--json", action="store_true", help="as JSON (default: CSV)")
+    export.set_defaults(handler=_tickets_export)
+
+    report = add("report", _report, "monthly billing report")
+    report.add_argument(
+        "--month", required=True, type=_month, metavar="YYYY-MM", help="the month, e.g. 2026-03"
+    )
+    report.add_argument(
+        "--format", dest="fmt", choices=("csv", "json"), default="csv", help="default: csv"
+    )
+
+    client = add("client", _missing_subcommand, "export or erase a client's personal data")
+    client_commands = client.add_subparsers(
+        title="client subcommands", dest="client_command", metavar="COMMAND"
+    )
+    for name, handler, help_text in (
+        ("export", _client_export, "print a client's data as JSON"),
+        ("erase", _client_erase, "delete a client's personal data, keep anonymous billing"),
+    ):
+        sub = client_commands.add_parser(name, parents=[common], help=help_text)
+        sub.add_argument("matrix_id", metavar="MATRIX_ID", help="e.g. @alice:example.org")
+        sub.set_defaults(handler=handler)
+    return parser
+
+
+def _common_options(*, config: str, log_level: str) -> argparse.ArgumentParser:
+    # A new parser each time: parents share their action objects with every parser built from
+    # them, so a default set on one would leak into the others.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        default=config,
+        help=f"configuration file (default: {DEFAULT_CONFIG})",
+    )
+    common.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default=log_level,
+        help="log verbosity (default: INFO)",
+    )
+    return common
+
+
+def _month(value: str) -> str:
+    from bot.cli_tickets import parse_month  # only when `report` is used
+
+    if parse_month(value) is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid month {value!r}: expected YYYY-MM with a month from 01 to 12, e.g. 2026-03"
+        )
+    return value.strip()
+
+
+def _port(value: str) -> int:
+    if not value.isdigit() or not 0 <= int(value) <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {value!r}: expected 0 to 65535")
+    return int(value)
+
+
+def setup_logging(level: str) -> None:
+    """Log to standard error at `level`; traffic loggers only from WARNING."""
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
+    logging.getLogger().setLevel(level)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+# -- subcommands ------------------------------------------------------------------------------
+
+
+def _missing_subcommand(args: argparse.Namespace) -> int:
+    # argparse's `required=True` on nested subparsers gives a poor message; say what to type.
+    choices = {"tickets": "list, show REF, export --json", "client": "export ID, erase ID"}
+    print(
+        f"support-bot {args.command}: missing subcommand ({choices[args.command]}); "
+        f"see support-bot {args.command} --help",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+    from bot.app import run_bot
+    from bot.config import ConfigError, summarize
+
+    log.info("%s", summarize(config))
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        with stop_on_signals(stop):
+            await run_bot(config, stop=stop)
+
+    try:
+        asyncio.run(serve())
+    except ConfigError as error:  # problems only visible at start (e.g. an unknown room)
+        _print_problems(error)
+        return 1
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from bot.demo import DemoOptions, run_demo
+
+    chat = sys.stdin.isatty() if args.chat is None else args.chat
+    options = DemoOptions(
+        data_dir=args.data_dir,
+        port=args.port,
+        chat=chat,
+        reset=args.reset,
+        start_bot=args.bot,
+        log_level=args.log_level,
+    )
+    return run_demo(options)
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from bot.cli_config import check_config_command
+
+    return check_config_command(args.path or args.config)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+    from bot.storage.db import apply_migrations
+
+    applied = asyncio.run(apply_migrations(config.database.url))
+    if applied:
+        for name in applied:
+            print(f"applied {name}")
+    else:
+        print("database up to date")
+    return 0
+
+
+def _tickets_list(args: argparse.Namespace) -> int:
+    from bot.cli_tickets import tickets_list
+
+    return _with_config(args, tickets_list)
+
+
+def _tickets_show(args: argparse.Namespace) -> int:
+    from bot.cli_tickets import tickets_show
+
+    return _with_config(args, tickets_show, args.ref)
+
+
+def _tickets_export(args: argparse.Namespace) -> int:
+    from bot.cli_tickets import tickets_export
+
+    return _with_config(args, tickets_export, as_json=args.json)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from bot.cli_tickets import report
+
+    return _with_config(args, report, args.month, args.fmt)
+
+
+def _client_export(args: argparse.Namespace) -> int:
+    from bot.cli_tickets import client_export
+
+    return _with_config(args, client_export, args.matrix_id)
+
+
+def _client_erase(args: argparse.Namespace) -> int:
+    from bot.cli_tickets import client_erase
+
+    return _with_config(args, client_erase, args.matrix_id)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _load(path: str) -> Config | None:
+    """The config, or None after printing every problem as `key: message`."""
+    import os
+
+    from bot.config import ConfigError, load_config
+
+    try:
+        return load_config(path, os.environ)
+    except ConfigError as error:
+        _print_problems(error)
+        return None
+
+
+def _print_problems(error: ConfigError) -> None:
+    for key, message in error.problems:
+        print(f"{key}: {message}", file=sys.stderr)
+
+
+def _with_config(args: argparse.Namespace, command: Callable[..., Any], *a: Any, **kw: Any) -> int:
+    """Call a `cli_tickets` command with the loaded config; it may be sync or async and may
+    return an exit code (None means success)."""
+    config = _load(args.config)
+    if config is None:
+        return 1
+    result = command(config, *a, **kw)
+    if inspect.iscoroutine(result):
+        result = asyncio.run(result)
+    return 0 if result is None else int(result)
+
+
+@contextlib.contextmanager
+def stop_on_signals(
+    stop: asyncio.Event, on_signal: Callable[[str], None] | None = None
+) -> Iterator[None]:
+    """Inside a running loop: the first SIGINT or SIGTERM sets `stop` (a clean stop). The
+    handlers are then removed, so a second Ctrl-C interrupts at once."""
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+
+    def remove() -> None:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+    def handle(sig: signal.Signals) -> None:
+        log.info("received %s: stopping", sig.name)
+        remove()
+        if on_signal is not None:
+            on_signal(sig.name)
+        stop.set()
+
+    for sig in signals:
+        loop.add_signal_handler(sig, handle, sig)
+    try:
+        yield
+    finally:
+        remove()

@@ -1,0 +1,240 @@
+"""`support-bot tickets|report|client …`: the operator's view of the database.
+
+Each command is an async function taking the parsed `Config`; it opens the database itself
+(migrating it if needed), prints to stdout (problems to stderr) and returns the exit code:
+0 done, 1 not found, 2 bad argument. The output is for operators, in English; times are shown
+in the service time zone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from bot.config import Config
+from bot.storage import repo
+from bot.storage.db import close_db, open_db
+from bot.storage.models import AuditEntry, Ticket, TicketNote, TimeLog
+
+__all__ = [
+    "client_erase",
+    "client_export",
+    "parse_month",
+    "report",
+    "tickets_export",
+    "tickets_list",
+    "tickets_show",
+]
+
+EXIT_OK = 0
+EXIT_NOT_FOUND = 1
+EXIT_USAGE = 2
+REPORT_FORMATS = ("csv", "json")
+_MONTH = re.compile(r"(\d{4})-(\d{2})")
+_LIST_COLUMNS = ("ref", "kind", "status", "client", "created", "sla due")
+
+
+@asynccontextmanager
+async def _database(config: Config) -> AsyncIterator[None]:
+    await open_db(config.database.url)
+    try:
+        yield
+    finally:
+        await close_db()
+
+
+def _tz(config: Config) -> ZoneInfo:
+    return ZoneInfo(config.service.timezone)
+
+
+def _short(moment: datetime | None, tz: ZoneInfo) -> str:
+    return "-" if moment is None else moment.astimezone(tz).strftime("%Y-%m-%d %H:%M")
+
+
+def _error(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [
+        max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=False)
+    ]
+    lines = [
+        "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in (header, *rows)
+    ]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def _dump(data: Any) -> None:
+    print(json.dumps(data, ensure_ascii=False, indent=2))
+
+
+# --- tickets -------------------------------------------------------------------------------
+
+
+async def tickets_list(config: Config) -> int:
+    """A table of every ticket, question and quote request, oldest first."""
+    tz = _tz(config)
+    async with _database(config):
+        tickets = await Ticket.all().select_related("client").order_by("created_at", "id")
+    if not tickets:
+        print("No tickets yet.")
+        return EXIT_OK
+    rows = [
+        (
+            t.ref,
+            t.kind,
+            t.status,
+            t.client.key,
+            _short(t.created_at, tz),
+            _short(t.sla_due, tz),
+        )
+        for t in tickets
+    ]
+    print(_table(_LIST_COLUMNS, rows))
+    return EXIT_OK
+
+
+async def tickets_show(config: Config, ref: str) -> int:
+    """Every field of one ticket, its notes, time logs and history."""
+    tz = _tz(config)
+    async with _database(config):
+        ticket = await repo.ticket_by_ref(ref)
+        if ticket is None:
+            _error(f"No ticket {ref.strip()!r}.")
+            return EXIT_NOT_FOUND
+        booking = await repo.active_booking(ticket)
+        notes = await TicketNote.filter(ticket_id=ticket.pk).order_by("at", "id")
+        logs = await TimeLog.filter(ticket_id=ticket.pk).order_by("at", "id")
+        history = await AuditEntry.filter(ticket_id=ticket.pk).order_by("at", "id")
+    data = repo.ticket_to_json(ticket, booking=booking, tz=tz)
+    data.update(
+        client_name=ticket.client.display_name,
+        instance_url=ticket.instance_url,
+        instance_version=ticket.instance_version,
+        survey_id=ticket.survey_id,
+        email=ticket.email,
+        locale=ticket.locale,
+        room_id=ticket.room_id,
+        closed_reason=ticket.closed_reason,
+    )
+    width = max(len(key) for key in data)
+    for key, value in data.items():
+        if key == "booking" and value is not None:
+            value = (
+                f"{value['start']} → {value['end']} with {value['staff']} ({value['provider']})"
+            )
+        print(f"{key.ljust(width)}  {'-' if value is None else value}")
+    print("\nDescription:")
+    print(ticket.description)
+    if notes:
+        print("\nNotes:")
+        for note in notes:
+            print(f"  {_short(note.at, tz)}  {note.author_key}: {note.text}")
+    if logs:
+        print("\nTime logged:")
+        for entry in logs:
+            suffix = f"  {entry.note}" if entry.note else ""
+            print(f"  {_short(entry.at, tz)}  {entry.staff}  {entry.minutes} min{suffix}")
+    print("\nHistory:")
+    if not history:
+        print("  (none)")
+    for entry in history:
+        change = entry.to_status or ""
+        if entry.from_status and entry.from_status != entry.to_status:
+            change = f"{entry.from_status} → {entry.to_status}"
+        detail = f"  ({entry.detail})" if entry.detail else ""
+        print(
+            f"  {_short(entry.at, tz)}  {entry.actor}  {entry.action}  {change}{detail}".rstrip()
+        )
+    return EXIT_OK
+
+
+async def tickets_export(config: Config, *, as_json: bool = True) -> int:
+    """Every ticket in the SPEC §8 JSON form (a JSON array), or as CSV without `as_json`."""
+    tz = _tz(config)
+    async with _database(config):
+        tickets = await Ticket.all().select_related("client").order_by("created_at", "id")
+        exported = [
+            repo.ticket_to_json(t, booking=await repo.active_booking(t), tz=tz) for t in tickets
+        ]
+    if as_json:
+        _dump(exported)
+        return EXIT_OK
+    flat = []
+    for item in exported:
+        booking = item.pop("booking") or {}
+        item.update(
+            {f"booking_{key}": booking.get(key) for key in ("start", "end", "provider", "staff")}
+        )
+        flat.append(item)
+    columns = [f for f in repo.TICKET_JSON_FIELDS if f != "booking"]
+    columns += ["booking_start", "booking_end", "booking_provider", "booking_staff"]
+    sys.stdout.write(repo.rows_csv(columns, flat))
+    return EXIT_OK
+
+
+# --- report --------------------------------------------------------------------------------
+
+
+def parse_month(text: str) -> tuple[int, int] | None:
+    """`2026-11` → (2026, 11); None for anything else."""
+    match = _MONTH.fullmatch(text.strip())
+    if match is None:
+        return None
+    year, month = int(match.group(1)), int(match.group(2))
+    if not 1 <= month <= 12 or year < 1:
+        return None
+    return year, month
+
+
+async def report(config: Config, month: str, fmt: str = "csv") -> int:
+    """Per-client figures of the tickets opened in `month` (YYYY-MM, service time zone)."""
+    parsed = parse_month(month)
+    if parsed is None:
+        _error(f"Bad month {month!r}: write it as YYYY-MM, for example 2026-11.")
+        return EXIT_USAGE
+    if fmt not in REPORT_FORMATS:
+        _error(f"Bad format {fmt!r}: use one of {', '.join(REPORT_FORMATS)}.")
+        return EXIT_USAGE
+    async with _database(config):
+        rows = await repo.report_month(*parsed, _tz(config))
+    if fmt == "json":
+        _dump(rows)
+    else:
+        sys.stdout.write(repo.report_csv(rows))
+    return EXIT_OK
+
+
+# --- clients -------------------------------------------------------------------------------
+
+
+async def client_export(config: Config, matrix_id: str) -> int:
+    """All the data of one client (Matrix id, bridge key or anonymous id) as JSON."""
+    async with _database(config):
+        data = await repo.export_client(matrix_id.strip(), tz=_tz(config))
+    if data is None:
+        _error(f"No client {matrix_id.strip()!r}.")
+        return EXIT_NOT_FOUND
+    _dump(data)
+    return EXIT_OK
+
+
+async def client_erase(config: Config, matrix_id: str) -> int:
+    """Erase a client's personal data, keeping the anonymised billing figures."""
+    key = matrix_id.strip()
+    async with _database(config):
+        erased = await repo.erase_client(key, now=datetime.now(UTC), actor="cli")
+    if not erased:
+        _error(f"No client {key!r}.")
+        return EXIT_NOT_FOUND
+    print(f"Erased the personal data of {key}; billing figures kept.")
+    return EXIT_OK

@@ -1,0 +1,211 @@
+"""nio events → small frozen values the rest of the bot reads (pure: no I/O, no client).
+
+Only this package imports nio; handlers see `IncomingText`, `IncomingReaction`,
+`IncomingRedaction` and `IncomingMember`. `to_incoming` returns None for anything else
+(state changes, calls, undecrypted events, malformed events), so callers never have to know
+nio's class hierarchy.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from nio import (
+    BadEvent,
+    Event,
+    MegolmEvent,
+    ReactionEvent,
+    RedactedEvent,
+    RedactionEvent,
+    RoomMemberEvent,
+    RoomMessage,
+    StickerEvent,
+    UnknownBadEvent,
+)
+
+TEXT_MSGTYPES = frozenset({"m.text", "m.notice", "m.emote"})
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingText:
+    """An `m.room.message` (text, notice, emote; files and images with their file name).
+
+    `is_edit`: an `m.replace` edit; `body` is then the new text and `replaces` the event
+    edited. `reply_to`: the event replied to (the quoted fallback is stripped from `body`).
+    `encrypted`: the event arrived encrypted and was decrypted by the bot.
+    """
+
+    event_id: str
+    room_id: str
+    sender: str
+    body: str
+    ts: datetime
+    msgtype: str
+    formatted_body: str | None = None
+    reply_to: str | None = None
+    is_edit: bool = False
+    encrypted: bool = False
+    replaces: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingReaction:
+    event_id: str
+    room_id: str
+    sender: str
+    target_event_id: str
+    key: str
+    ts: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingRedaction:
+    event_id: str
+    room_id: str
+    sender: str
+    redacts: str
+    ts: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingMember:
+    event_id: str
+    room_id: str
+    user_id: str  # the state key: whose membership changed
+    membership: str  # join | leave | invite | ban | knock
+    sender: str  # who changed it (differs from user_id for invites, kicks, bans)
+    ts: datetime
+
+
+Incoming = IncomingText | IncomingReaction | IncomingRedaction | IncomingMember
+
+
+def to_incoming(room_id: str, event: Any) -> Incoming | None:
+    """Convert one nio event of `room_id`; None for what the bot does not read."""
+    if isinstance(event, MegolmEvent | RedactedEvent | UnknownBadEvent):
+        return None
+    if isinstance(event, RedactionEvent):
+        return IncomingRedaction(
+            event.event_id, room_id, event.sender, event.redacts, _ts(event.server_timestamp)
+        )
+    if isinstance(event, BadEvent):
+        # Room versions 11+ carry `redacts` in the content only, which nio 0.26's schema
+        # refuses (it wants the top-level key): read the source ourselves.
+        return _redaction_from_source(room_id, event)
+    if isinstance(event, ReactionEvent):
+        return IncomingReaction(
+            event.event_id,
+            room_id,
+            event.sender,
+            event.reacts_to,
+            event.key,
+            _ts(event.server_timestamp),
+        )
+    if isinstance(event, RoomMemberEvent):
+        return IncomingMember(
+            event.event_id,
+            room_id,
+            event.state_key,
+            event.membership,
+            event.sender,
+            _ts(event.server_timestamp),
+        )
+    if isinstance(event, RoomMessage | StickerEvent):
+        return _text(room_id, event)
+    return None
+
+
+def strip_reply_fallback(body: str) -> str:
+    """Drop the `> <@user> quoted text` lines a client puts before the answer of a reply."""
+    lines = body.split("\n")
+    index = 0
+    while index < len(lines) and lines[index].startswith(">"):
+        index += 1
+    if index == 0:
+        return body
+    if index < len(lines) and lines[index] == "":
+        index += 1
+    return "\n".join(lines[index:])
+
+
+_MX_REPLY = re.compile(r"<mx-reply>.*?</mx-reply>", re.DOTALL | re.IGNORECASE)
+
+
+def strip_html_reply_fallback(formatted_body: str) -> str:
+    return _MX_REPLY.sub("", formatted_body, count=1)
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _ts(server_timestamp: int) -> datetime:
+    return datetime.fromtimestamp(server_timestamp / 1000, tz=UTC)
+
+
+def _text(room_id: str, event: Event) -> IncomingText | None:
+    source = event.source
+    content = source.get("content")
+    if not isinstance(content, dict):
+        return None
+    relates = content.get("m.relates_to")
+    relates = relates if isinstance(relates, dict) else {}
+    replaces: str | None = None
+    if relates.get("rel_type") == "m.replace" and isinstance(relates.get("event_id"), str):
+        new_content = content.get("m.new_content")
+        if isinstance(new_content, dict):
+            replaces = relates["event_id"]
+            content = new_content
+    msgtype = content.get("msgtype")
+    if not isinstance(msgtype, str):
+        msgtype = "m.sticker" if isinstance(event, StickerEvent) else None
+    body = content.get("body")
+    if msgtype is None or not isinstance(body, str):
+        return None
+    formatted = content.get("formatted_body") if content.get("format") else None
+    formatted = formatted if isinstance(formatted, str) else None
+    reply_to = None if replaces else _reply_target(relates)
+    if reply_to is not None:
+        body = strip_reply_fallback(body)
+        if formatted is not None:
+            formatted = strip_html_reply_fallback(formatted)
+    return IncomingText(
+        event_id=event.event_id,
+        room_id=room_id,
+        sender=event.sender,
+        body=body,
+        ts=_ts(event.server_timestamp),
+        msgtype=msgtype,
+        formatted_body=formatted,
+        reply_to=reply_to,
+        is_edit=replaces is not None,
+        encrypted=bool(event.decrypted),
+        replaces=replaces,
+    )
+
+
+def _reply_target(relates: dict[str, Any]) -> str | None:
+    in_reply_to = relates.get("m.in_reply_to")
+    if not isinstance(in_reply_to, dict):
+        return None
+    # In a thread, `m.in_reply_to` only points at the latest thread event for old clients.
+    if relates.get("rel_type") == "m.thread" and relates.get("is_falling_back"):
+        return None
+    target = in_reply_to.get("event_id")
+    return target if isinstance(target, str) else None
+
+
+def _redaction_from_source(room_id: str, event: BadEvent) -> IncomingRedaction | None:
+    source = event.source
+    if source.get("type") != "m.room.redaction":
+        return None
+    content = source.get("content")
+    redacts = content.get("redacts") if isinstance(content, dict) else None
+    redacts = redacts if isinstance(redacts, str) else source.get("redacts")
+    if not isinstance(redacts, str):
+        return None
+    return IncomingRedaction(
+        event.event_id, room_id, event.sender, redacts, _ts(event.server_timestamp)
+    )

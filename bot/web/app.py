@@ -1,0 +1,377 @@
+"""The bot's HTTP side (aiohttp): health, metrics, consent pages and staff calendar feeds.
+
+Routes:
+
+* `GET /healthz` — 200 `{"status": "ok", "db": "ok"}`, or 503 when the database does not answer;
+* `GET /metrics` — Prometheus text from the registry passed in (nothing global);
+* `GET /confirm/{token}` — the consent page, or a page saying why the link cannot be used;
+  never changes anything (mail scanners and link previews open links);
+* `POST /confirm/{token}` — the page's button (with its CSRF field): records the consent,
+  then calls `on_confirmed(ticket_id)`;
+* `GET /calendar/{token}.ics` — the bookings of the staff member holding that feed token.
+
+Tokens appear only in URLs: the access log written here replaces them with `…`, and nothing
+else logs them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.exposition import choose_encoder
+from tortoise import connections
+from tortoise.transactions import in_transaction
+
+from bot.calendar_ics import FeedEvent, staff_feed_ics
+from bot.config import Config
+from bot.i18n import N_, Catalogs, Msg, Translator, normalize_locale
+from bot.storage.models import Booking, StaffFeed, UserPref
+from bot.web import pages
+from bot.web.consent import (
+    Confirmed,
+    ConsentProblem,
+    ProblemKind,
+    confirm,
+    confirmation_link,
+    consent_status,
+)
+from bot.web.tokens import check_csrf, csrf_token, looks_like_token, new_token, token_hash
+
+__all__ = [
+    "OnConfirmed",
+    "build_web_app",
+    "confirmation_link",
+    "feed_link",
+    "issue_staff_feed_token",
+    "start_web",
+    "stop_web",
+]
+
+log = logging.getLogger(__name__)
+
+OnConfirmed = Callable[[int], Awaitable[None]]
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "X-Robots-Tag": "noindex, nofollow",
+}
+PROBLEM_STATUS = {
+    ProblemKind.UNKNOWN: 404,
+    ProblemKind.EXPIRED: 410,
+    ProblemKind.SUPERSEDED: 410,
+    ProblemKind.USED: 409,
+    ProblemKind.NOT_WAITING: 409,
+}
+#: Bookings that ended longer ago than this are left out of the feeds.
+FEED_HISTORY = timedelta(days=90)
+HEALTH_TIMEOUT_SECONDS = 5.0
+# A consent form holds one short field; nothing legitimate posts more.
+_MAX_BODY = 16 * 1024
+_TOKEN_IN_PATH = re.compile(r"^/(confirm|calendar)/[^/?]+")
+
+
+class _Web:
+    """What the handlers share (one per application)."""
+
+    def __init__(
+        self,
+        config: Config,
+        catalogs: Catalogs,
+        registry: CollectorRegistry,
+        on_confirmed: OnConfirmed,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.config = config
+        self.catalogs = catalogs
+        self.registry = registry
+        self.on_confirmed = on_confirmed
+        self.clock = clock
+        self.tz = ZoneInfo(config.service.timezone)
+        self.secret = config.web.secret
+        self.requests = Counter(
+            "support_bot_http_requests",
+            "HTTP requests served, by route and status.",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.consents = Counter(
+            "support_bot_consent_outcomes",
+            "Consent link outcomes: confirmed, or why the link could not be used.",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in ("confirmed", "csrf", *(kind.value for kind in ProblemKind)):
+            self.consents.labels(outcome=outcome)
+
+    def translator(self, request: web.Request, locale: str | None) -> Translator:
+        """`?lang=` wins, then the ticket's locale, then the service default."""
+        chosen = normalize_locale(request.query.get("lang")) or locale
+        return self.catalogs.get(chosen or self.config.service.default_locale)
+
+
+_WEB = web.AppKey("support_bot_web", _Web)
+
+
+def build_web_app(
+    *,
+    config: Config,
+    catalogs: Catalogs,
+    registry: CollectorRegistry,
+    on_confirmed: OnConfirmed,
+    clock: Callable[[], datetime],
+) -> web.Application:
+    """The aiohttp application. Its metrics are registered in `registry` (once per app)."""
+    if not config.web.secret:
+        raise ValueError("web.secret is required: it signs the confirmation links")
+    app = web.Application(client_max_size=_MAX_BODY, middlewares=[_count_requests])
+    app[_WEB] = _Web(config, catalogs, registry, on_confirmed, clock)
+    app.on_response_prepare.append(_security_headers)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/confirm/{token}", _confirm_page)
+    app.router.add_post("/confirm/{token}", _confirm_post)
+    app.router.add_get("/calendar/{token}.ics", _calendar)
+    return app
+
+
+# -- middleware and signals -------------------------------------------------------------------
+
+
+@web.middleware
+async def _count_requests(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[StreamResponse]]
+) -> StreamResponse:
+    state = request.app[_WEB]
+    # The route's pattern, never the path: paths carry secret tokens.
+    route = request.match_info.route.resource
+    name = route.canonical if route is not None else "other"
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        state.requests.labels(route=name, method=request.method, status=str(status)).inc()
+
+
+async def _security_headers(request: web.Request, response: StreamResponse) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+
+
+# -- health and metrics -----------------------------------------------------------------------
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    try:
+        async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
+            await connections.get("default").execute_query("SELECT 1")
+    except Exception as exc:  # any failure means "not healthy", with its kind in the log
+        log.warning("healthz: database check failed (%s)", type(exc).__name__)
+        return web.json_response({"status": "error", "db": "error"}, status=503)
+    return web.json_response({"status": "ok", "db": "ok"})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    body = encoder(request.app[_WEB].registry)
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+# -- consent pages ----------------------------------------------------------------------------
+
+
+def _html(text: str, status: int = 200) -> web.Response:
+    return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
+
+
+def _languages(state: _Web) -> list[tuple[str, str]]:
+    # Query-only relative links keep any path prefix of a reverse proxy.
+    return [(code, f"?lang={code}") for code in state.catalogs.locales]
+
+
+def _problem(state: _Web, request: web.Request, problem: ConsentProblem) -> web.Response:
+    state.consents.labels(outcome=problem.kind.value).inc()
+    tr = state.translator(request, problem.locale)
+    page = pages.problem_page(tr, problem, tz=state.tz, languages=_languages(state))
+    return _html(page, PROBLEM_STATUS[problem.kind])
+
+
+async def _confirm_page(request: web.Request) -> web.Response:
+    state = request.app[_WEB]
+    token = request.match_info["token"]
+    result = await consent_status(token, now=state.clock(), secret=state.secret)
+    if isinstance(result, ConsentProblem):
+        return _problem(state, request, result)
+    tr = state.translator(request, result.locale)
+    lang = normalize_locale(request.query.get("lang"))
+    # Relative to /confirm/: works behind a reverse proxy that adds a path prefix.
+    action = f"./{token}" + (f"?lang={lang}" if lang else "")
+    page = pages.consent_page(
+        tr,
+        result,
+        tz=state.tz,
+        action=action,
+        csrf=csrf_token(token, state.secret),
+        languages=_languages(state),
+    )
+    return _html(page)
+
+
+async def _confirm_post(request: web.Request) -> web.Response:
+    state = request.app[_WEB]
+    token = request.match_info["token"]
+    form = await request.post()
+    candidate = form.get(pages.CSRF_FIELD)
+    cross_site = request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site"
+    if (
+        cross_site
+        or not isinstance(candidate, str)
+        or not check_csrf(token, state.secret, candidate)
+    ):
+        state.consents.labels(outcome="csrf").inc()
+        tr = state.translator(request, None)
+        return _html(pages.forbidden_page(tr), 403)
+    result = await confirm(token, now=state.clock(), secret=state.secret)
+    if isinstance(result, ConsentProblem):
+        return _problem(state, request, result)
+    state.consents.labels(outcome="confirmed").inc()
+    await _notify(state, result)
+    tr = state.translator(request, result.locale)
+    return _html(pages.success_page(tr, result, tz=state.tz))
+
+
+async def _notify(state: _Web, confirmed: Confirmed) -> None:
+    """Tell the bot; the consent is committed whatever happens here."""
+    try:
+        await state.on_confirmed(confirmed.ticket_id)
+    except Exception:
+        log.exception("consent: on_confirmed failed for ticket %s", confirmed.ref)
+
+
+# -- staff calendar feeds ---------------------------------------------------------------------
+
+
+async def issue_staff_feed_token(staff: str, secret: str, now: datetime) -> str:
+    """A new feed token for `staff` (for `!calendar`); the previous one stops working."""
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("naive datetime refused: pass an aware datetime")
+    token = new_token()
+    async with in_transaction() as conn:
+        await StaffFeed.filter(staff=staff).using_db(conn).delete()
+        await StaffFeed.create(
+            staff=staff, token_hash=token_hash(token, secret), created_at=now, using_db=conn
+        )
+    return token
+
+
+def _safe_url(url: str | None) -> str | None:
+    if not url or not url.startswith(("https://", "http://")):
+        return None
+    if any(c.isspace() or c in '"<>' or ord(c) < 32 for c in url):
+        return None
+    return url
+
+
+async def _calendar(request: web.Request) -> web.Response:
+    state = request.app[_WEB]
+    token = request.match_info["token"]
+    feed = None
+    if looks_like_token(token):
+        feed = await StaffFeed.get_or_none(token_hash=token_hash(token, state.secret))
+    if feed is None:
+        return web.Response(status=404, text="Not found\n")
+    now = state.clock()
+    pref = await UserPref.get_or_none(user_key=feed.staff)
+    tr = state.catalogs.get(pref.locale if pref else state.config.service.default_locale)
+    bookings = (
+        await Booking.filter(staff=feed.staff, status="active", end__gte=now - FEED_HISTORY)
+        .select_related("ticket")
+        .order_by("start")
+    )
+    host = urlsplit(state.config.web.public_url).hostname or "support-bot"
+    events = [
+        FeedEvent(
+            uid=f"booking-{booking.id}@{host}",
+            start=booking.start,
+            end=booking.end,
+            summary=tr.render(
+                Msg(N_("Support call {ref}"), {"ref": booking.ticket.ref}), state.tz
+            ),
+            description=pages.category_label(tr, booking.ticket.category),
+            location_url=_safe_url(booking.staff_url or booking.client_url),
+        )
+        for booking in bookings
+    ]
+    body = staff_feed_ics(
+        events,
+        state.config.service.timezone,
+        now,
+        calendar_name=tr.gettext(N_("Support calls")),
+    )
+    return web.Response(
+        body=body,
+        content_type="text/calendar",
+        charset="utf-8",
+        headers={"Content-Disposition": 'inline; filename="support-calls.ics"'},
+    )
+
+
+# -- links (confirmation_link is in bot.web.consent) ----------------------------------------
+
+
+def feed_link(public_url: str, token: str) -> str:
+    return f"{public_url.rstrip('/')}/calendar/{token}.ics"
+
+
+# -- serving ----------------------------------------------------------------------------------
+
+
+class _AccessLogger(AbstractAccessLogger):
+    """One line per request, with the secret part of token URLs replaced by `…`."""
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        path = _TOKEN_IN_PATH.sub(lambda m: f"/{m[1]}/…", request.path)
+        self.logger.info("%s %s %d %.1fms", request.method, path, response.status, time * 1000)
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+async def start_web(app: web.Application, listen: str) -> web.AppRunner:
+    """Serve `app` on `listen` ("host:port"; port 0 picks a free one, see `runner.addresses`)."""
+    host, port = _split_listen(listen)
+    runner = web.AppRunner(app, access_log_class=_AccessLogger)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    log.info("web: listening on %s", ", ".join(map(str, runner.addresses)))
+    return runner
+
+
+async def stop_web(runner: web.AppRunner) -> None:
+    await runner.cleanup()

@@ -1,0 +1,121 @@
+"""What several handler modules share: staff cards, audited state changes, telling a client."""
+
+from __future__ import annotations
+
+import re
+
+from bot.cards import card_view, render_card
+from bot.dispatch import Context, DomainError
+from bot.domain.tickets import Refusal, TicketState
+from bot.i18n import N_, Msg, Translator
+from bot.storage import repo
+from bot.storage.models import Client, Ticket, UserPref
+
+REF_RE = re.compile(r"\b([A-Za-z]{1,10}-\d{4}-\d{4,})\b")
+
+NOT_FOUND = N_("I could not find {ref} among your requests. Type !tickets to list them.")
+STAFF_NOT_FOUND = N_("No ticket, question or quote request has the reference {ref}.")
+NEED_REF = N_("Please give the reference, for example: !{command} {example}")
+
+
+def find_ref(text: str) -> str | None:
+    match = REF_RE.search(text)
+    return match.group(1).upper() if match else None
+
+
+async def card_parts(ctx: Context, ticket: Ticket) -> tuple[str, str]:
+    client = await Client.get(id=ticket.client_id)  # type: ignore[attr-defined]
+    booking = await repo.active_booking(ticket)
+    return render_card(card_view(ticket, client, booking), ctx.services.staff_tr(), ctx.tz)
+
+
+async def post_card(ctx: Context, ticket: Ticket) -> None:
+    plain, html = await card_parts(ctx, ticket)
+    ctx.send_staff(plain, html_body=html, on_sent=f"card:{ticket.id}")
+
+
+async def refresh_card(ctx: Context, ticket: Ticket) -> None:
+    """Edit the staff card in place (resolved at delivery, so a card still in the outbox works)."""
+    room = ctx.services.staff_room_id()
+    if room is None:
+        return
+    plain, html = await card_parts(ctx, ticket)
+    ctx.edit(room, f"card:{ticket.id}", plain, html)
+
+
+async def change(
+    ctx: Context,
+    ticket: Ticket,
+    result: TicketState | Refusal,
+    *,
+    action: str,
+    detail: str | None = None,
+    actor: str | None = None,
+) -> TicketState:
+    """Apply a lifecycle decision: refuse it to the user, or save + audit + refresh the card."""
+    if isinstance(result, Refusal):
+        raise DomainError(result.msg)
+    before = ticket.status
+    changed = repo.apply_state(ticket, result)
+    ticket.version += 1
+    await ticket.save(update_fields=[*changed, "version"])
+    await repo.audit(
+        ticket,
+        actor or ctx.sender.key,
+        action,
+        before,
+        ticket.status,
+        detail,
+        at=ctx.now,
+    )
+    await refresh_card(ctx, ticket)
+    return result
+
+
+async def client_translator(ctx: Context, ticket: Ticket) -> Translator:
+    client = await Client.get(id=ticket.client_id)  # type: ignore[attr-defined]
+    pref = await UserPref.get_or_none(user_key=client.key)
+    return ctx.services.catalogs.get(pref.locale if pref else ticket.locale)
+
+
+async def tell_client(ctx: Context, ticket: Ticket, msg: Msg) -> None:
+    """Write to the client in their room and language (addressing the nickname if bridged)."""
+    client = await Client.get(id=ticket.client_id)  # type: ignore[attr-defined]
+    tr = await client_translator(ctx, ticket)
+    text = tr.render(msg, ctx.tz)
+    nick = bridged_nick(client.key, ticket.room_id)
+    if nick is not None:
+        ctx.send(ticket.room_id, f"{nick}: {text}", plain_only=True)
+    else:
+        ctx.send(ticket.room_id, text)
+
+
+def bridged_nick(client_key: str, room_id: str) -> str | None:
+    """The nickname of a bridged client ("bridge:<room id>:<nick>"; room ids contain colons)."""
+    prefix = f"bridge:{room_id}:"
+    return client_key[len(prefix) :] if client_key.startswith(prefix) else None
+
+
+async def staff_ticket(ctx: Context, example: str = "SP-2026-0042") -> Ticket:
+    """The ticket named in a staff command's arguments, or a clear refusal."""
+    ref = find_ref(ctx.args)
+    if ref is None:
+        raise DomainError(Msg(NEED_REF, {"command": ctx.command, "example": example}))
+    ticket = await repo.ticket_by_ref(ref)
+    if ticket is None:
+        raise DomainError(Msg(STAFF_NOT_FOUND, {"ref": ref}))
+    return ticket
+
+
+async def client_ticket(ctx: Context, example: str = "SP-2026-0042") -> Ticket:
+    """The client's own ticket named in the arguments; someone else's is "not found"."""
+    ref = find_ref(ctx.args)
+    if ref is None:
+        tickets = await repo.open_tickets_for(ctx.sender.key)
+        if len(tickets) == 1:
+            return tickets[0]
+        raise DomainError(Msg(NEED_REF, {"command": ctx.command, "example": example}))
+    ticket = await repo.ticket_for_client(ref, ctx.sender.key)
+    if ticket is None:
+        raise DomainError(Msg(NOT_FOUND, {"ref": ref}))
+    return ticket

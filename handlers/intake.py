@@ -1,0 +1,665 @@
+"""The client side of the front desk: the intake conversation and the client commands around it.
+
+The conversation itself is the pure state machine of `bot.domain.intake`; this module is its
+shell. For each client message: load the (room, client) `Conversation` row, `advance` (or
+`start`), save the new step, data, version and sweep time, execute the effects (open a ticket,
+question or quote request; add a message to an open ticket), then answer. All of it happens in
+the dispatcher's transaction, together with the outbox rows of the answers: a restart resumes
+at the stored step and never answers twice.
+
+Decisions worth knowing:
+
+* **Who is a client.** Staff writing in a client room are answering the client (the staff
+  module records that), not opening a request: their text is ignored here. So is text a bridge
+  account posts in its own name (not in the `[nctalk] <nick>` form): it is the bridge talking,
+  not a person.
+* **Shared rooms (SPEC §7).** Before a request *starts* in a room that holds anyone besides the
+  client, the bot, staff and bridge accounts (or in a configured `support_rooms` room), the
+  conversation moves to a private room with the client and the configured staff, created once
+  and remembered on the client (`Client.private_room_id`). The shared room is only told that it
+  moved; nothing of the request is written there. Later messages in the shared room are
+  answered in the private room. Bridged senders are never moved (a Talk user cannot be invited
+  into a Matrix room); an intake already running in a room goes on where it is.
+* **Slot choices.** After a call ticket the booking module offers numbered slots and reads the
+  client's number as plain text. A bare number (or keycap) while the client has an active slot
+  offer in this room and no intake running is therefore left to the booking module instead of
+  starting a new request (R1 would otherwise ask "about your open ticket, or a new problem?").
+* **Deadlines.** Tickets: `sla_business_days(channel)` (2 for messaging and interventions, 3 for
+  calls: R3, R4). Feasibility questions and quote requests bill nothing, but the client still
+  gets a date: 2 business days, the messaging commitment, by which the team comes back to them
+  (opinion, or an offer to discuss). The same `sla_due` lets staff see them in the queue.
+* **Calls.** Slots are offered for call *tickets* only (a question or quote asked "by video"
+  is first answered by the team). `handlers.booking.offer_slots` is looked up when needed; if
+  the module is missing or fails, the ticket is still opened and the client is told the team
+  will offer slots (the failed attempt is rolled back to a savepoint).
+* **Time-outs.** `Conversation.due_at` is when the sweeper must look again (reminder, then
+  expiry). Each reminder or expiry is a `run_job` keyed by conversation id *and version*: the
+  key is unique in the database, so it happens once even across restarts, and any client
+  message (a new version) makes the pending one void.
+* **Concurrent writers.** A conversation row is updated only if its version is the one loaded
+  (optimistic locking): a sweeper job or a second room writing the same conversation at the
+  same time loses cleanly instead of overwriting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from functools import partial
+from typing import TYPE_CHECKING
+
+from tortoise.transactions import in_transaction
+
+from bot.cards import CHANNEL_LABELS, KIND_LABELS, STATUS_LABELS, defuse
+from bot.dispatch import Context, DomainError, Router
+from bot.domain.intake import (
+    CATEGORIES,
+    AddToTicket,
+    Intake,
+    IntakeStep,
+    OpenRequest,
+    Transition,
+    advance,
+    cancel,
+    due_at,
+    expire,
+    intake_from_data,
+    intake_to_data,
+    is_expired,
+    needs_reminder,
+    remind,
+    start,
+)
+from bot.domain.tickets import (
+    ENDED_STATUSES,
+    Channel,
+    Kind,
+    Status,
+    cancel_by_client,
+    initial_state,
+    sla_business_days,
+)
+from bot.i18n import N_, Msg
+from bot.matrix.transport import TransportError
+from bot.storage import repo
+from bot.storage.models import Client, Conversation, SlotOffer, Ticket, TicketNote
+from handlers.common import (
+    bridged_nick,
+    change,
+    client_ticket,
+    find_ref,
+    post_card,
+    refresh_card,
+)
+
+if TYPE_CHECKING:
+    from bot.app import Services
+
+log = logging.getLogger(__name__)
+
+router = Router("intake")
+
+# -- messages --------------------------------------------------------------------------------
+
+OPENED = {
+    Kind.TICKET: N_("Your ticket {ref} is open."),
+    Kind.QUESTION: N_("Your feasibility question {ref} is registered."),
+    Kind.QUOTE: N_("Your quote request {ref} is registered."),
+}
+# Translators: {due} is a full date and time, e.g. "Tuesday, December 29, 2026 at 6:00 PM".
+COMMITMENT = N_("It will be taken into account by {due} at the latest.")
+NEXT_MESSAGING = N_("A member of the support team will answer you here before that date.")
+NEXT_CALL_SLOTS = N_("I will now offer you call slots.")
+NEXT_CALL_LATER = N_("The support team will offer you call slots shortly.")
+NEXT_INTERVENTION = N_(
+    "A member of the support team will estimate the work. If it may exceed two tickets, you "
+    "will be asked to confirm it by e-mail before it starts."
+)
+NEXT_QUESTION = N_(
+    "The support team will give you a feasibility opinion. No ticket is used, unless the team "
+    "converts your question into a ticket because it needs support work."
+)
+NEXT_QUOTE = N_(
+    "The support team will come back to you with an offer (development, training or project)."
+)
+FOLLOW_UP = N_("Quote {ref} when you write to us about it; !status {ref} shows where it stands.")
+TERMS = N_("Your requests are covered by the service terms: {url}")
+
+NOTE_STAFF = N_("New message from the client on {ref}:\n{text}")
+NOTE_TICKET_GONE = N_(
+    "{ref} is no longer open, so I could not add your message to it. Answer 2 to make it a "
+    "new request."
+)
+
+MOVED = N_(
+    "I have invited you to a private room to keep your request confidential. Please accept "
+    "the invitation: we continue there."
+)
+CONTINUE_PRIVATE = N_(
+    "To keep your request confidential, I have answered you in your private room."
+)
+ROOM_NAME = N_("Support request: {user}")
+ROOM_FAILED = N_(
+    "I could not open a private room for your request. Please write to me in a direct chat "
+    "instead."
+)
+CONFLICT = N_("Your message crossed another one. Please send it again.")
+
+HELP_NEW = N_("Start a new request, even while another one is open.")
+HELP_TICKETS = N_("List your requests and where they stand.")
+HELP_STATUS = N_("Show where one of your requests stands.")
+HELP_CANCEL = N_(
+    "Drop the request in progress, or cancel a messaging ticket before anyone has answered."
+)
+HELP_SKIP = N_("Skip a question that does not apply (the LimeSurvey instance).")
+NOTHING_TO_SKIP = N_("There is no question to skip right now.")
+NOTHING_TO_CANCEL = N_("There is no request in progress to cancel.")
+NOT_IN_STAFF_ROOM = N_("Client requests are made from a client room, not from the staff room.")
+
+TICKETS_NONE = N_("You have no requests yet. Describe your problem in a message to open one.")
+TICKETS_TITLE = N_("Your requests:")
+TICKET_LINE = N_("{ref} · {kind} · {status} · answer due by {due}")
+TICKET_LINE_NO_DUE = N_("{ref} · {kind} · {status}")
+STATUS_TEXT = N_(
+    "{ref} · {kind} · {status}\nCategory: {category}\nChannel: {channel}\nOpened on {created}"
+)
+STATUS_DUE = N_("Answer due by: {due}")
+STATUS_ANSWERED = N_("Answered on {when}")
+CANCELLED_CLIENT = N_("{ref} is cancelled: it will not be billed.")
+CANCELLED_STAFF = N_("The client cancelled {ref} (not billed).")
+
+TICKETS_LISTED = 20  # the most recent ones; !status shows any of them
+STAFF_NOTE_CHARS = 1_000  # staff read the rest with !ticket
+_QUESTION_OR_QUOTE_DAYS = 2
+_PREFIX_FIELD = {
+    Kind.TICKET: "ticket_prefix",
+    Kind.QUESTION: "question_prefix",
+    Kind.QUOTE: "quote_prefix",
+}
+_CALLS = frozenset({Channel.VIDEO, Channel.PHONE})
+_NOT_OPEN = ENDED_STATUSES | {Status.CLOSED}
+# A slot choice as the booking module reads it: "2", "2.", "2)", "2️⃣".
+_SLOT_PICK = re.compile(r"\s*(?:[1-9][.)]?|[1-9]\ufe0f?\u20e3)\s*")
+
+SlotOfferer = Callable[[Context, Ticket], Awaitable[None]]
+
+
+# -- the conversation ------------------------------------------------------------------------
+
+
+@router.text()
+async def on_text(ctx: Context) -> None:
+    """A client's message that is not a command: the next answer of their intake."""
+    if not _is_client(ctx):
+        return
+    found = await _active_conversation(ctx)
+    if found is not None:
+        here, conv = found
+        await _advance(here, conv, ctx.args)
+        return
+    if await _slot_choice_pending(ctx, ctx.args):
+        return  # the booking module reads it
+    here = await _conversation_context(ctx)
+    conv = await _conversation(here.room_id, ctx.sender.key)
+    await _start(here, conv, ctx.args, related=True)
+
+
+@router.reaction("✅", "✔️", "👍")
+async def on_confirm_reaction(ctx: Context) -> None:
+    """✅ from the client at the summary means "yes" (staff ✅ on cards belong elsewhere)."""
+    if not _is_client(ctx):
+        return
+    conv = await _conversation(ctx.room_id, ctx.sender.key)
+    if conv is None:
+        return
+    intake = intake_from_data(conv.data)
+    if intake.step is not IntakeStep.CONFIRM:
+        return
+    await _apply(ctx, conv, advance(intake, "yes", now=ctx.now))
+
+
+@router.command("new", "nouveau", help=HELP_NEW)
+async def new_request(ctx: Context) -> None:
+    if ctx.in_staff_room:
+        ctx.reply(Msg(NOT_IN_STAFF_ROOM))
+        return
+    here = await _conversation_context(ctx)
+    conv = await _conversation(here.room_id, ctx.sender.key)
+    await _start(here, conv, ctx.args, related=False)
+
+
+@router.command("skip", "passer", help=HELP_SKIP)
+async def skip_question(ctx: Context) -> None:
+    # The dispatcher reads "!skip" as a command; for the state machine it is an answer.
+    found = await _active_conversation(ctx) if not ctx.in_staff_room else None
+    if found is None:
+        ctx.reply(Msg(NOTHING_TO_SKIP))
+        return
+    here, conv = found
+    await _advance(here, conv, "!skip")
+
+
+@router.command("cancel", "annuler", help=HELP_CANCEL, usage="[SP-…]")
+async def cancel_request(ctx: Context) -> None:
+    ref = find_ref(ctx.args)
+    if ref is None and not ctx.in_staff_room:
+        found = await _active_conversation(ctx, note=False)
+        if found is not None:
+            here, conv = found
+            # Answered where !cancel was typed: the answer names nothing of the request.
+            transition = cancel(intake_from_data(conv.data), ctx.now)
+            await _save(here, conv, transition.intake)
+            for msg in transition.replies:
+                ctx.reply(msg)
+            return
+        if not await repo.open_tickets_for(ctx.sender.key):
+            ctx.reply(Msg(NOTHING_TO_CANCEL))
+            return
+    ticket = await client_ticket(ctx)
+    await change(
+        ctx, ticket, cancel_by_client(repo.ticket_state(ticket)), action="cancelled_by_client"
+    )
+    ctx.reply(Msg(CANCELLED_CLIENT, {"ref": ticket.ref}))
+    ctx.send_staff(Msg(CANCELLED_STAFF, {"ref": ticket.ref}))
+    log.info("%s cancelled by its client", ticket.ref)
+
+
+@router.command("tickets", help=HELP_TICKETS)
+async def list_tickets(ctx: Context) -> None:
+    here = await _conversation_context(ctx)
+    tickets = (
+        await Ticket.filter(client__key=ctx.sender.key)
+        .order_by("-created_at", "-id")
+        .limit(TICKETS_LISTED)
+    )
+    if not tickets:
+        here.reply(Msg(TICKETS_NONE))
+        return
+    lines = []
+    for ticket in tickets:
+        params = {
+            "ref": ticket.ref,
+            "kind": Msg(KIND_LABELS[Kind(ticket.kind)]),
+            "status": Msg(STATUS_LABELS[Status(ticket.status)]),
+        }
+        if ticket.sla_due is not None and Status(ticket.status) not in _NOT_OPEN:
+            lines.append(Msg(TICKET_LINE, {**params, "due": ticket.sla_due}))
+        else:
+            lines.append(Msg(TICKET_LINE_NO_DUE, params))
+    here.reply("\n".join([here.render(Msg(TICKETS_TITLE)), *map(here.render, lines)]))
+
+
+@router.command("status", "statut", help=HELP_STATUS, usage="SP-…")
+async def show_status(ctx: Context) -> None:
+    ticket = await client_ticket(ctx)  # someone else's ticket is "not found"
+    here = await _conversation_context(ctx)
+    category = next((c.label for c in CATEGORIES if c.key == ticket.category), ticket.category)
+    parts = [
+        Msg(
+            STATUS_TEXT,
+            {
+                "ref": ticket.ref,
+                "kind": Msg(KIND_LABELS[Kind(ticket.kind)]),
+                "status": Msg(STATUS_LABELS[Status(ticket.status)]),
+                "category": Msg(category),
+                "channel": Msg(CHANNEL_LABELS[Channel(ticket.channel)]),
+                "created": ticket.created_at,
+            },
+        )
+    ]
+    if ticket.first_response_at is not None:
+        parts.append(Msg(STATUS_ANSWERED, {"when": ticket.first_response_at}))
+    elif ticket.sla_due is not None and Status(ticket.status) not in _NOT_OPEN:
+        parts.append(Msg(STATUS_DUE, {"due": ticket.sla_due}))
+    here.reply("\n".join(map(here.render, parts)))
+
+
+# -- steps -----------------------------------------------------------------------------------
+
+
+async def _start(ctx: Context, conv: Conversation | None, text: str, *, related: bool) -> None:
+    """A new intake in `ctx.room_id` (replacing a finished or, for !new, a running one)."""
+    client = await Client.get_or_none(key=ctx.sender.key)
+    open_ref = await _open_ticket_ref(ctx.sender.key, ctx.room_id) if related else None
+    transition = start(
+        now=ctx.now,
+        text=text,
+        known_email=client.email if client is not None else None,
+        open_ticket_ref=open_ref,
+    )
+    await _apply(ctx, conv, transition)
+
+
+async def _advance(ctx: Context, conv: Conversation, text: str) -> None:
+    await _apply(ctx, conv, advance(intake_from_data(conv.data), text, now=ctx.now))
+
+
+async def _apply(ctx: Context, conv: Conversation | None, transition: Transition) -> None:
+    """Save the new state, answer, then run the effects (whose answers follow)."""
+    await _save(ctx, conv, transition.intake)
+    log.debug("intake in %s now at %s", ctx.room_id, transition.intake.step.value)
+    for msg in transition.replies:
+        ctx.reply(msg)
+    for effect in transition.effects:
+        if isinstance(effect, OpenRequest):
+            await _open_request(ctx, effect)
+        elif isinstance(effect, AddToTicket):
+            await _add_to_ticket(ctx, effect)
+
+
+async def _save(ctx: Context, conv: Conversation | None, intake: Intake) -> None:
+    remind_after, expire_after = _timeouts(ctx.services)
+    values = {
+        "step": intake.step.value,
+        "data": intake_to_data(intake),
+        "updated_at": ctx.now,
+        "due_at": due_at(intake, remind_after=remind_after, expire_after=expire_after),
+    }
+    if conv is None:
+        await Conversation.create(
+            room_id=ctx.room_id, client_key=ctx.sender.key, version=1, **values
+        )
+        return
+    updated = await Conversation.filter(id=conv.id, version=conv.version).update(
+        version=conv.version + 1, **values
+    )
+    if not updated:
+        raise DomainError(Msg(CONFLICT))
+
+
+async def _open_request(ctx: Context, effect: OpenRequest) -> None:
+    services = ctx.services
+    kind, channel = Kind(effect.kind.value), Channel(effect.channel)
+    prefix = getattr(services.config.service, _PREFIX_FIELD[kind])
+    ref = await repo.allocate_ref(prefix, ctx.now.astimezone(ctx.tz).year)
+    days = sla_business_days(channel) if kind is Kind.TICKET else _QUESTION_OR_QUOTE_DAYS
+    client = await services.client_for(ctx.sender, ctx.now)
+    ticket = await Ticket.create(
+        ref=ref,
+        kind=kind.value,
+        status=initial_state(kind, channel).status.value,
+        category=effect.category,
+        channel=channel.value,
+        client=client,
+        room_id=ctx.room_id,
+        locale=ctx.tr.locale,
+        description=effect.description,
+        instance_url=effect.instance_url,
+        instance_version=effect.instance_version,
+        survey_id=effect.survey_id,
+        email=effect.email,
+        created_at=ctx.now,
+        sla_due=services.calendar.deadline(ctx.now, days),
+    )
+    client.email = effect.email
+    first_request = client.terms_shown_at is None
+    if first_request:
+        client.terms_shown_at = ctx.now
+        client.terms_url = services.config.service.terms_url
+    await client.save(update_fields=["email", "terms_shown_at", "terms_url"])
+    await repo.audit(ticket, ctx.sender.key, "opened", None, ticket.status, at=ctx.now)
+    await post_card(ctx, ticket)
+    services.metrics.tickets.labels(kind=kind.value).inc()
+    log.info("opened %s (%s, %s)", ref, kind.value, channel.value)
+
+    offer = _slot_offerer() if kind is Kind.TICKET and channel in _CALLS else None
+    lines = [
+        Msg(OPENED[kind], {"ref": ref}),
+        Msg(COMMITMENT, {"due": ticket.sla_due}),
+        Msg(_next_step(kind, channel, can_offer=offer is not None)),
+        Msg(FOLLOW_UP, {"ref": ref}),
+    ]
+    if first_request:
+        lines.append(Msg(TERMS, {"url": services.config.service.terms_url}))
+    ctx.reply("\n\n".join(ctx.render(line) for line in lines))
+    if kind is Kind.TICKET and channel in _CALLS:
+        await _offer_slots(ctx, ticket, offer)
+
+
+def _next_step(kind: Kind, channel: Channel, *, can_offer: bool) -> str:
+    if kind is Kind.QUESTION:
+        return NEXT_QUESTION
+    if kind is Kind.QUOTE:
+        return NEXT_QUOTE
+    if channel in _CALLS:
+        return NEXT_CALL_SLOTS if can_offer else NEXT_CALL_LATER
+    if channel is Channel.INTERVENTION:
+        return NEXT_INTERVENTION
+    return NEXT_MESSAGING
+
+
+def _slot_offerer() -> SlotOfferer | None:
+    try:
+        from handlers import booking
+
+        return booking.offer_slots
+    except (ImportError, AttributeError):
+        return None
+
+
+async def _offer_slots(ctx: Context, ticket: Ticket, offer: SlotOfferer | None) -> None:
+    """Slots right after the ticket; a failure there must not lose the ticket."""
+    if offer is None:
+        return
+    sent = len(ctx.outgoing)
+    try:
+        async with in_transaction():  # a savepoint: the offer's rows go if it fails
+            await offer(ctx, ticket)
+    except Exception:
+        log.exception("offering slots for %s failed", ticket.ref)
+        del ctx.outgoing[sent:]
+        ctx.reply(Msg(NEXT_CALL_LATER))
+
+
+async def _add_to_ticket(ctx: Context, effect: AddToTicket) -> None:
+    ticket = await repo.ticket_for_client(effect.ref, ctx.sender.key)
+    if ticket is None or Status(ticket.status) in _NOT_OPEN:
+        # Rolled back: the client is still asked "about {ref} or new?" and can answer 2.
+        raise DomainError(Msg(NOTE_TICKET_GONE, {"ref": effect.ref}))
+    await TicketNote.create(ticket=ticket, author_key=ctx.sender.key, text=effect.text, at=ctx.now)
+    await repo.audit(
+        ticket, ctx.sender.key, "note_added", ticket.status, ticket.status, at=ctx.now
+    )
+    await refresh_card(ctx, ticket)
+    text = effect.text
+    if len(text) > STAFF_NOTE_CHARS:
+        text = text[:STAFF_NOTE_CHARS].rstrip() + " […]"
+    ctx.send_staff(Msg(NOTE_STAFF, {"ref": ticket.ref, "text": defuse(text)}))
+    log.info("client message added to %s", ticket.ref)
+
+
+async def _open_ticket_ref(client_key: str, room_id: str) -> str | None:
+    """R1: the open ticket a new message may be about (the latest, preferably in this room)."""
+    tickets = await repo.open_tickets_for(client_key)
+    here = [ticket for ticket in tickets if ticket.room_id == room_id]
+    chosen = here or tickets
+    return chosen[-1].ref if chosen else None
+
+
+# -- rooms -----------------------------------------------------------------------------------
+
+
+def _is_client(ctx: Context) -> bool:
+    if ctx.is_staff or ctx.in_staff_room:
+        return False
+    # A bridge account speaking in its own name (not "[nctalk] <nick> …") is no client.
+    return ctx.sender.bridged or not ctx.services.is_bridge(ctx.sender.user_id)
+
+
+def _is_shared(ctx: Context) -> bool:
+    """Someone besides the client, the bot, staff and bridges could read this room (§7)."""
+    if ctx.sender.bridged:
+        return False  # bridged rooms are never moved
+    services = ctx.services
+    if ctx.room_id in services.config.matrix.support_rooms:
+        return True
+    mine = {services.bot_user_id(), ctx.sender.user_id}
+    return any(
+        member not in mine
+        and not services.is_bridge(member)
+        and not services.is_staff_user(member)
+        for member in services.transport.joined_members(ctx.room_id)
+    )
+
+
+def _in_room(ctx: Context, room_id: str) -> Context:
+    """The same event, answered in another room (answers still go to the same outbox)."""
+    return dataclasses.replace(ctx, room_id=room_id, outgoing=ctx.outgoing)
+
+
+async def _active_conversation(
+    ctx: Context, *, note: bool = True
+) -> tuple[Context, Conversation] | None:
+    """The client's running intake: in this room, or in their private room if this is shared
+    (with `note`, the shared room is told the answer is in the private room)."""
+    conv = await _conversation(ctx.room_id, ctx.sender.key)
+    if conv is not None and _is_active(conv):
+        return ctx, conv
+    if not _is_shared(ctx):
+        return None
+    client = await Client.get_or_none(key=ctx.sender.key)
+    if client is None or client.private_room_id is None:
+        return None
+    conv = await _conversation(client.private_room_id, ctx.sender.key)
+    if conv is None or not _is_active(conv):
+        return None
+    if note:
+        await _private_room(ctx, client)
+    return _in_room(ctx, client.private_room_id), conv
+
+
+async def _conversation_context(ctx: Context) -> Context:
+    """Where a new request is held: here, or the client's private room if this room is shared."""
+    if not _is_shared(ctx):
+        return ctx
+    client = await ctx.services.client_for(ctx.sender, ctx.now)
+    return _in_room(ctx, await _private_room(ctx, client))
+
+
+async def _private_room(ctx: Context, client: Client) -> str:
+    """The client's private room (created the first time); the shared room is told so."""
+    transport = ctx.services.transport
+    room_id = client.private_room_id
+    if room_id is not None:
+        if ctx.sender.user_id not in transport.joined_members(room_id):
+            try:  # they left, or have not accepted yet (the server then refuses: fine)
+                await transport.invite(room_id, ctx.sender.user_id)
+            except TransportError:
+                log.info("re-invite to a private room refused (%s)", room_id)
+        ctx.reply(Msg(CONTINUE_PRIVATE))
+        return room_id
+    config = ctx.services.config.matrix
+    invite = [ctx.sender.user_id]
+    invite += [s for s in config.staff if s not in invite and s != config.user_id]
+    try:
+        room_id = await transport.create_room(
+            name=ctx.render(Msg(ROOM_NAME, {"user": ctx.sender.display})),
+            invite=invite,
+            is_direct=False,
+            encrypted=transport.is_encrypted(ctx.room_id),
+        )
+    except TransportError as error:
+        log.warning("could not create a private room: %s", error)
+        raise DomainError(Msg(ROOM_FAILED)) from None
+    client.private_room_id = room_id
+    await client.save(update_fields=["private_room_id"])
+    log.info("request moved from shared room %s to private room %s", ctx.room_id, room_id)
+    ctx.reply(Msg(MOVED))
+    return room_id
+
+
+async def _slot_choice_pending(ctx: Context, text: str) -> bool:
+    """Whether the booking module will read `text` as a slot choice (then it is not ours)."""
+    try:
+        from handlers import booking
+
+        is_slot_choice = booking.is_slot_choice
+    except (ImportError, AttributeError):
+        is_slot_choice = None
+    if is_slot_choice is not None:
+        return await is_slot_choice(ctx.room_id, ctx.sender.key, text)
+    if not _SLOT_PICK.fullmatch(text):
+        return False
+    return await SlotOffer.filter(
+        active=True, ticket__room_id=ctx.room_id, ticket__client__key=ctx.sender.key
+    ).exists()
+
+
+async def _conversation(room_id: str, client_key: str) -> Conversation | None:
+    return await Conversation.get_or_none(room_id=room_id, client_key=client_key)
+
+
+def _is_active(conv: Conversation) -> bool:
+    return not IntakeStep(conv.step).is_terminal
+
+
+def _timeouts(services: Services) -> tuple[timedelta, timedelta]:
+    service = services.config.service
+    return (
+        timedelta(hours=service.intake_reminder_hours),
+        timedelta(days=service.intake_expiry_days),
+    )
+
+
+# -- time-outs -------------------------------------------------------------------------------
+
+
+async def sweep_intakes(services: Services, now: datetime) -> None:
+    """Remind once after a silence, drop after the expiry delay (each exactly once)."""
+    dispatcher = services.dispatcher
+    if dispatcher is None:
+        return
+    remind_after, expire_after = _timeouts(services)
+    due = await Conversation.filter(due_at__lte=now).order_by("due_at", "id").limit(500)
+    for conv in due:
+        intake = intake_from_data(conv.data)
+        if is_expired(intake, now, expire_after):
+            action = "expire"
+        elif needs_reminder(intake, now, remind_after):
+            action = "remind"
+        else:
+            # Nothing to do yet (already reminded, or finished): look again when it is due.
+            later = due_at(intake, remind_after=remind_after, expire_after=expire_after)
+            await Conversation.filter(id=conv.id, version=conv.version).update(due_at=later)
+            continue
+        locale = await services.locale_for(conv.client_key, conv.room_id)
+        await dispatcher.run_job(
+            f"intake-{action}:{conv.id}:{conv.version}",
+            partial(_time_out, conv.id, conv.version, action),
+            room_id=conv.room_id,
+            locale=locale,
+        )
+
+
+async def _time_out(conv_id: int, version: int, action: str, ctx: Context) -> None:
+    conv = await Conversation.get_or_none(id=conv_id)
+    if conv is None or conv.version != version:
+        return  # the client wrote meanwhile: this reminder is void
+    remind_after, expire_after = _timeouts(ctx.services)
+    intake = intake_from_data(conv.data)
+    if action == "expire":
+        transition = expire(intake, ctx.now, expire_after)
+    else:
+        transition = remind(intake, ctx.now, expire_after)
+    updated = await Conversation.filter(id=conv.id, version=version).update(
+        step=transition.intake.step.value,
+        data=intake_to_data(transition.intake),
+        version=version + 1,
+        updated_at=ctx.now,
+        due_at=due_at(transition.intake, remind_after=remind_after, expire_after=expire_after),
+    )
+    if not updated:
+        return
+    nick = bridged_nick(conv.client_key, conv.room_id)
+    for msg in transition.replies:
+        text = ctx.render(msg)
+        if nick is not None:
+            ctx.send(conv.room_id, f"{nick}: {text}", plain_only=True)
+        else:
+            ctx.send(conv.room_id, text)
+
+
+SWEEPERS = [sweep_intakes]
