@@ -95,7 +95,9 @@ class RunningBot:
             (self.workdir / f"bot-{n}.log").read_text() for n in range(1, self.starts + 1)
         )
 
-    async def new_client(self, localpart: str, *, encrypted: bool = False) -> tuple[AsyncClient, str]:
+    async def new_client(
+        self, localpart: str, *, encrypted: bool = False
+    ) -> tuple[AsyncClient, str]:
         """A registered user in a new direct chat with the bot (the bot has joined)."""
         user = f"{localpart}{secrets.token_hex(3)}"
         password = "pw-" + secrets.token_hex(8)
@@ -128,7 +130,7 @@ class RunningBot:
     async def wait_joined(self, client: AsyncClient, room_id: str, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            await sync_once(client, timeout=500)
+            await sync_once(client, timeout=0.5)
             room = client.rooms.get(room_id)
             if room is not None and self.bot_user_id in room.users:
                 return
@@ -136,8 +138,14 @@ class RunningBot:
 
 
 def _config_toml(
-    synapse: object, workdir: Path, bot_user_id: str, password: str, staff_id: str, room: str,
-    extra: str, allowed_servers: list[str] | None = None,
+    synapse: object,
+    workdir: Path,
+    bot_user_id: str,
+    password: str,
+    staff_id: str,
+    room: str,
+    extra: str,
+    allowed_servers: list[str] | None = None,
 ) -> str:
     allowed = ""
     if allowed_servers is not None:
@@ -197,7 +205,13 @@ async def make_running_bot(
     config_path = tmp_path / "bot.toml"
     config_path.write_text(
         _config_toml(
-            synapse, tmp_path, bot_user_id, bot_password, staff_id, response.room_id, extra_toml,
+            synapse,
+            tmp_path,
+            bot_user_id,
+            bot_password,
+            staff_id,
+            response.room_id,
+            extra_toml,
             allowed_servers,
         )
     )
