@@ -49,7 +49,7 @@ async def test_help_in_plain_room_and_encrypted_dm_french_then_english(running_b
 async def test_sigkill_while_client_keeps_sending_every_message_answered_once(running_bot):
     client, dm = await running_bot.new_client("carol")
     sent = 0
-    for round_ in range(3):
+    for _round in range(3):
         for _ in range(4):
             sent += 1
             await send_text(client, dm, f"!aide {sent}")
