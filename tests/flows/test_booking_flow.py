@@ -162,7 +162,7 @@ async def test_offer_lists_five_spread_slots_inside_the_window(bot):
     assert "1️⃣ lundi 30 novembre 2026 à 14:00" in message.body
     for n, start in enumerate(slot_starts):
         assert f"{KEYCAPS[n]} {when_fr(bot, start)}" in message.body
-    assert "!book SP-2026-0001" in message.body
+    assert "!rdv SP-2026-0001" in message.body  # the French alias of !book
     # The event id is remembered at delivery, for keycap reactions (and after a restart).
     assert offer.event_id == message.event_id
     assert await AuditEntry.filter(ticket_id=ticket.id, action="slots_offered").exists()
@@ -622,7 +622,7 @@ async def test_block_removes_slots_and_slots_lists_them(bot):
     sent = await bot.say(STAFF_ROOM, STAFF, "!block 2026-12-01")
     (row,) = await Block.all()
     assert row.staff is None
-    assert f"!unblock {row.id}" in sent[0].body
+    assert f"!debloquer {row.id}" in sent[0].body  # the French alias of !unblock
     sent = await bot.say(STAFF_ROOM, STAFF, f"!block {STAFF} 2026-12-02 09:00-12:00")
     assert (await Block.get(id=row.id + 1)).staff == STAFF
 

@@ -378,7 +378,7 @@ async def test_open_ticket_asks_related_or_new_and_both_answers_work(bot):
     sent = await bot.say(DM, ALICE, "1")
     assert bodies(here(sent)) == ["I added your message to SP-2026-0001."]
     staff = here(sent, STAFF_ROOM)
-    notice = next(m for m in staff if "New message from the client" in m.body)
+    notice = next(m for m in staff if "Nouveau message du client" in m.body)
     assert "SP-2026-0001" in notice.body and "reminders" in notice.body
     notes = await TicketNote.filter(ticket=ticket).values_list("text", flat=True)
     assert notes == ["It also fails for the reminders, by the way."]

@@ -1,0 +1,604 @@
+"""Answer latency of support-bot against a bare nio echo bot, on the same throwaway Synapse.
+
+    python bench/latency.py [--quick] [--db sqlite|postgres] [--markdown FILE]
+
+One run starts a Synapse (the test fixture's), then measures, one after the other and with
+the same load, (a) `bench/echo_bot.py`, the floor set by the homeserver and nio, and (b)
+support-bot as in production (`python -m bot --config … run`, its own config and database).
+
+Load, for each bot, every client in its own direct chat with the bot:
+- closed loop: K clients (1, 10, 50) at once, each sending M `!aide` one after the other and
+  waiting for the answer;
+- open loop: 20 clients sending 200 messages in all at a fixed 10 messages/s, not waiting;
+- full intakes (6 steps, to a confirmed ticket) with K = 1 (a few in a row) and K = 20.
+Latency = from just before the client's send to the answer arriving in that client's own sync.
+Every client first sends one unmeasured `!aide` (warm-up: accounts, rows, connections).
+
+See bench/README.md for what the numbers mean and the targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.metadata
+import math
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from _common import (
+    BENCH_EXTRA_TOML,
+    PG_ADMIN_DSN,
+    Participant,
+    Proc,
+    Result,
+    Watch,
+    close_all,
+    create_pg_database,
+    drop_pg_database,
+    machine,
+    make_participants,
+    markdown_table,
+    ms,
+    percentile,
+    use_database,
+    verdict,
+)
+
+from bot.testing.matrix import Message
+from bot.testing.synapse import Synapse
+from tests.e2e.conftest import RunningBot, make_running_bot
+
+BENCH = Path(__file__).resolve().parent
+ECHO = "echo"
+SUPPORT = "support-bot"
+ANSWER_TIMEOUT = 30.0
+COMMAND = "!aide"
+HELP_MARKERS = ("Voici ce que je comprends", "Here is what I understand")
+
+# The intake as a French client types it (the bot's default language), with a part of the
+# question each answer must contain; None = any answer (the echo bot).
+INSTANCE = "https://survey.example.org 6.4.1 123456"
+INTAKE_NEEDLES = (
+    "Quelle catégorie correspond à votre demande",
+    "adresse de votre LimeSurvey",
+    "mode d’assistance",
+    "À quelle adresse e-mail",
+    None,  # the summary: checked to contain the e-mail address (set per client)
+    "SP-",
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    closed: tuple[tuple[int, int], ...]  # (K clients, M messages each)
+    open_clients: int
+    open_total: int
+    open_rate: float
+    intake_single: int  # intakes with K = 1, one after the other
+    intake_k: int  # concurrent intakes
+
+    @property
+    def clients(self) -> int:
+        return max(
+            max(k for k, _ in self.closed), self.open_clients, self.intake_single + self.intake_k
+        )
+
+
+FULL = Plan(
+    closed=((1, 200), (10, 40), (50, 20)),
+    open_clients=20,
+    open_total=200,
+    open_rate=10.0,
+    intake_single=5,
+    intake_k=20,
+)
+QUICK = Plan(
+    closed=((1, 50), (10, 10), (50, 4)),
+    open_clients=20,
+    open_total=100,
+    open_rate=10.0,
+    intake_single=2,
+    intake_k=20,
+)
+
+
+@dataclass
+class Target:
+    """A bot under test: its account, its process and what a right answer looks like."""
+
+    name: str
+    user_id: str
+    proc: Proc
+    is_help: Callable[[Message], bool]
+    intake_needles: Sequence[str | None]
+    startup: float = 0.0
+
+
+# -- the load -------------------------------------------------------------------------------
+
+
+async def closed_loop(
+    target: Target, parts: Sequence[Participant], messages: int, result: Result
+) -> None:
+    async def worker(part: Participant) -> None:
+        for _ in range(messages):
+            sent = time.perf_counter()
+            try:
+                await part.send(COMMAND)
+                arrived, event = await part.next(timeout=ANSWER_TIMEOUT)
+            except Exception as error:  # a refused send or no answer
+                result.errors += 1
+                result.notes.append(f"{type(error).__name__}: {error}"[:200])
+                continue
+            result.latencies.append(arrived - sent)
+            if not target.is_help(event):
+                result.errors += 1
+                result.notes.append(f"unexpected answer: {event.body[:80]!r}")
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(part) for part in parts))
+    result.wall = time.perf_counter() - start
+
+
+async def open_loop(
+    target: Target, parts: Sequence[Participant], total: int, rate: float, result: Result
+) -> None:
+    sends: dict[Participant, deque[float]] = {part: deque() for part in parts}
+    expected: Counter[Participant] = Counter(parts[i % len(parts)] for i in range(total))
+    lateness: list[float] = []
+    start = time.perf_counter() + 0.2
+    deadline = start + total / rate + ANSWER_TIMEOUT
+    last_arrival = start
+
+    async def send_one(part: Participant, scheduled: float) -> None:
+        sent = time.perf_counter()
+        lateness.append(sent - scheduled)
+        sends[part].append(sent)
+        try:
+            await part.send(COMMAND)
+        except Exception as error:
+            result.errors += 1
+            result.notes.append(f"send failed: {error}"[:200])
+            sends[part].remove(sent)
+            expected[part] -= 1
+
+    async def collect(part: Participant) -> None:
+        nonlocal last_arrival
+        got = 0
+        while got < expected[part]:
+            remaining = deadline - time.perf_counter()
+            try:
+                arrived, event = await part.next(timeout=max(remaining, 0.01))
+            except TimeoutError:
+                break
+            got += 1
+            if not sends[part]:  # an answer to nothing we sent
+                result.errors += 1
+                result.notes.append("answer without a pending message")
+                continue
+            result.latencies.append(arrived - sends[part].popleft())
+            last_arrival = max(last_arrival, arrived)
+            if not target.is_help(event):
+                result.errors += 1
+                result.notes.append(f"unexpected answer: {event.body[:80]!r}")
+        if got < expected[part]:
+            result.errors += expected[part] - got
+            result.notes.append(f"{expected[part] - got} message(s) never answered")
+
+    collectors = [asyncio.create_task(collect(part)) for part in parts]
+    senders = []
+    for index in range(total):
+        scheduled = start + index / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        senders.append(asyncio.create_task(send_one(parts[index % len(parts)], scheduled)))
+    await asyncio.gather(*senders)
+    await asyncio.gather(*collectors)
+    result.wall = last_arrival - start
+    late = percentile(lateness, 99)
+    if late > 0.05:
+        result.notes.append(f"load generator behind schedule: p99 lateness {ms(late)} ms")
+
+
+async def intakes(
+    target: Target, parts: Sequence[Participant], result: Result, *, one_by_one: bool
+) -> None:
+    async def one(part: Participant, index: int) -> None:
+        email = f"client{index}.{secrets.token_hex(2)}@example.org"
+        texts = (
+            f"Mon questionnaire n'envoie plus les invitations par e-mail depuis lundi ({index}).",
+            "1",
+            INSTANCE,
+            "1",
+            email,
+            "oui",
+        )
+        begin = time.perf_counter()
+        for step, (text, needle) in enumerate(zip(texts, target.intake_needles, strict=True)):
+            if step == 4 and target.name == SUPPORT:
+                needle = email
+            sent = time.perf_counter()
+            try:
+                await part.send(text)
+                arrived, event = await part.next(
+                    (lambda e, n=needle: n in e.body) if needle else None, timeout=ANSWER_TIMEOUT
+                )
+            except Exception as error:
+                result.errors += 1
+                result.notes.append(f"intake step {step + 1}: {type(error).__name__}: {error}")
+                return
+            result.latencies.append(arrived - sent)
+        if target.name == SUPPORT and "ouvert" not in event.body and "open" not in event.body:
+            result.errors += 1
+            result.notes.append(f"intake did not end with an open ticket: {event.body[:80]!r}")
+            return
+        result.totals.append(arrived - begin)
+
+    start = time.perf_counter()
+    if one_by_one:
+        for index, part in enumerate(parts):
+            await one(part, index)
+    else:
+        await asyncio.gather(*(one(part, index) for index, part in enumerate(parts)))
+    result.wall = time.perf_counter() - start
+
+
+# -- one bot, every phase -------------------------------------------------------------------
+
+
+async def settle(parts: Sequence[Participant], result: Result | None, count_extra: bool) -> None:
+    """Let late messages arrive, then drop them (an extra answer to a command is an error)."""
+    await asyncio.sleep(1.0)
+    extra = sum(part.flush() for part in parts)
+    if extra and result is not None and count_extra:
+        result.errors += extra
+        result.notes.append(f"{extra} unexpected extra message(s) after the phase")
+
+
+async def measure(
+    target: Target, parts: list[Participant], synapse: Synapse, plan: Plan, log: Callable
+) -> list[Result]:
+    hs = Proc(synapse.process.pid)
+    results: list[Result] = []
+
+    async def phase(name: str, run: Callable, chosen: Sequence[Participant], commands: bool):
+        result = Result(name, target.name)
+        gen0 = time.process_time()
+        async with Watch(target.proc) as bot_watch, Watch(hs, every=1.0) as hs_watch:
+            await run(result)
+        result.gen_cpu = time.process_time() - gen0
+        result.bot_rss, result.bot_cpu = bot_watch.rss_max, bot_watch.cpu
+        result.hs_cpu = hs_watch.cpu
+        await settle(chosen, result, commands)
+        results.append(result)
+        log(
+            f"  {target.name:11} {name:16} n={result.answered:4} p50={ms(result.p(50))} ms "
+            f"p99={ms(result.p(99))} ms {result.rate:.1f}/s errors={result.errors}"
+        )
+
+    # Warm-up, not measured: every client once.
+    warm = Result("warm-up", target.name)
+    await closed_loop(target, parts, 1, warm)
+    await settle(parts, warm, True)
+    if warm.errors:
+        log(f"  warm-up errors: {warm.errors} {warm.notes[:3]}")
+
+    for k, m in plan.closed:
+        chosen = parts[:k]
+        await phase(
+            f"closed K={k}", lambda r, c=chosen, m=m: closed_loop(target, c, m, r), chosen, True
+        )
+    chosen = parts[: plan.open_clients]
+    await phase(
+        f"open {plan.open_rate:g} msg/s",
+        lambda r: open_loop(target, chosen, plan.open_total, plan.open_rate, r),
+        chosen,
+        True,
+    )
+    singles = parts[: plan.intake_single]
+    await phase(
+        "intake K=1", lambda r: intakes(target, singles, r, one_by_one=True), singles, False
+    )
+    group = parts[plan.intake_single : plan.intake_single + plan.intake_k]
+    await phase(
+        f"intake K={plan.intake_k}",
+        lambda r: intakes(target, group, r, one_by_one=False),
+        group,
+        False,
+    )
+    return results
+
+
+async def wait_for_line(path: Path, line: str, process: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{path.name}: exited at start:\n{path.read_text()[-3000:]}")
+        if line in path.read_text():
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"{path.name}: not ready within {timeout} s")
+
+
+async def bench_echo(synapse: Synapse, workdir: Path, plan: Plan, log: Callable) -> dict:
+    workdir.mkdir(parents=True)
+    password = "echo-" + secrets.token_hex(8)
+    user_id, _ = await synapse.register(f"echobot{secrets.token_hex(3)}", password)
+    log_path = workdir / "echo.log"
+    started = time.perf_counter()
+    with log_path.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, str(BENCH / "echo_bot.py"), synapse.base_url, user_id, password],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )
+    parts: list[Participant] = []
+    try:
+        await wait_for_line(log_path, "echo-bot ready", process, 60)
+        target = Target(
+            ECHO,
+            user_id,
+            Proc(process.pid),
+            is_help=lambda e: e.source.get("content", {}).get("msgtype") == "m.notice",
+            intake_needles=(None,) * 6,
+            startup=time.perf_counter() - started,
+        )
+        log(f"echo bot ready in {target.startup:.2f} s; {plan.clients} clients joining…")
+        parts = await make_participants(synapse, user_id, workdir, plan.clients, prefix="ec")
+        results = await measure(target, parts, synapse, plan, log)
+        return {"results": results, "peak": target.proc.peak_mb(), "startup": target.startup}
+    finally:
+        await close_all(parts)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+async def bench_support(
+    synapse: Synapse, workdir: Path, plan: Plan, db: str, pg_dsn: str, log: Callable
+) -> dict:
+    workdir.mkdir(parents=True)
+    bot: RunningBot = await make_running_bot(synapse, workdir, extra_toml=BENCH_EXTRA_TOML)
+    pg_name = None
+    parts: list[Participant] = []
+    try:
+        if db == "postgres":
+            pg_name, url = await create_pg_database(pg_dsn)
+            use_database(bot.config_path, url)
+        started = time.perf_counter()
+        await bot.start()
+        target = Target(
+            SUPPORT,
+            bot.bot_user_id,
+            Proc(bot.process.pid),
+            is_help=lambda e: any(marker in e.body for marker in HELP_MARKERS),
+            intake_needles=INTAKE_NEEDLES,
+            startup=time.perf_counter() - started,
+        )
+        log(f"support-bot ready in {target.startup:.2f} s ({db}); {plan.clients} clients…")
+        parts = await make_participants(synapse, bot.bot_user_id, workdir, plan.clients, prefix="sb")
+        results = await measure(target, parts, synapse, plan, log)
+        return {"results": results, "peak": target.proc.peak_mb(), "startup": target.startup}
+    finally:
+        await close_all(parts)
+        await bot.stop()
+        await bot.staff.close()
+        if pg_name is not None:
+            await drop_pg_database(pg_name, pg_dsn)
+
+
+# -- the report -----------------------------------------------------------------------------
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b and not math.isnan(a) and not math.isnan(b) else math.nan
+
+
+def report(echo: dict, support: dict, plan: Plan, args: argparse.Namespace, wall: float) -> str:
+    by = {(r.phase, r.bot): r for r in [*echo["results"], *support["results"]]}
+    phases = [r.phase for r in echo["results"]]
+    rows = []
+    for name in phases:
+        for bot in (ECHO, SUPPORT):
+            r = by.get((name, bot))
+            if r is None:
+                continue
+            rows.append(
+                (
+                    name,
+                    bot,
+                    r.answered,
+                    ms(r.p(50)),
+                    ms(r.p(90)),
+                    ms(r.p(99)),
+                    ms(max(r.latencies, default=math.nan)),
+                    f"{r.rate:.1f}",
+                    r.errors,
+                    f"{r.bot_rss:.0f}",
+                    f"{r.bot_cpu:.2f}",
+                    f"{r.hs_cpu:.2f}",
+                    f"{r.gen_cpu:.2f}",
+                )
+            )
+    out = [
+        "# support-bot latency benchmark",
+        "",
+        f"- machine: {machine()}",
+        f"- Synapse {importlib.metadata.version('matrix-synapse')}, matrix-nio "
+        f"{importlib.metadata.version('matrix-nio')}; support-bot database: {args.db}",
+        f"- plan: {'quick' if args.quick else 'full'}: closed loop "
+        + ", ".join(f"K={k}×M={m}" for k, m in plan.closed)
+        + f"; open loop {plan.open_clients} clients, {plan.open_total} messages at "
+        f"{plan.open_rate:g}/s; intakes K=1 ×{plan.intake_single}, K={plan.intake_k}",
+        f"- bot start to ready: echo {echo['startup']:.2f} s, support-bot "
+        f"{support['startup']:.2f} s; peak RSS over the run (VmHWM): echo "
+        f"{echo['peak']:.0f} MB, support-bot {support['peak']:.0f} MB",
+        f"- total run time {wall:.0f} s",
+        "",
+        "Latency in ms from the client's send to the answer in its own sync; intake rows count "
+        "each of the 6 steps. RSS = largest sampled RSS of the bot during the phase; CPU = CPU "
+        "seconds used during the phase by the bot, Synapse (HS) and the load generator (gen).",
+        "",
+        markdown_table(
+            (
+                "phase",
+                "bot",
+                "answers",
+                "p50",
+                "p90",
+                "p99",
+                "max",
+                "answers/s",
+                "errors",
+                "bot RSS MB",
+                "bot CPU s",
+                "HS CPU s",
+                "gen CPU s",
+            ),
+            rows,
+        ),
+        "",
+        "## support-bot / echo",
+        "",
+    ]
+    for name in phases:
+        e, s = by.get((name, ECHO)), by.get((name, SUPPORT))
+        if e is None or s is None:
+            continue
+        out.append(
+            f"- {name}: p50 ×{ratio(s.p(50), e.p(50)):.2f}, p99 ×{ratio(s.p(99), e.p(99)):.2f}, "
+            f"answers/s ×{ratio(s.rate, e.rate):.2f}, "
+            f"CPU per answer {1000 * ratio(s.bot_cpu, s.answered):.1f} ms vs "
+            f"{1000 * ratio(e.bot_cpu, e.answered):.1f} ms"
+        )
+
+    echo_rtt = by[("closed K=1", ECHO)].p(50)
+    budget = 6.5 * echo_rtt
+    out += ["", "## Full intakes (6 steps, to a confirmed ticket)", ""]
+    for name in ("intake K=1", f"intake K={plan.intake_k}"):
+        for bot in (ECHO, SUPPORT):
+            r = by.get((name, bot))
+            if r is None:
+                continue
+            totals = ", ".join(f"{t * 1000:.0f}" for t in r.totals)
+            if len(r.totals) > 6:
+                totals = (
+                    f"p50 {ms(percentile(r.totals, 50))}, p90 {ms(percentile(r.totals, 90))}, "
+                    f"max {ms(max(r.totals))}"
+                )
+            out.append(f"- {name}, {bot}: per-intake total ms: {totals or 'none completed'}")
+    out.append(
+        f"- budget 6.5 × one echo round trip at K=1 (p50 {ms(echo_rtt)} ms) = {ms(budget)} ms"
+    )
+
+    # Targets.
+    checks: list[tuple[str, bool, str]] = []
+    for name in ("closed K=1", f"open {plan.open_rate:g} msg/s"):
+        e, s = by[(name, ECHO)], by[(name, SUPPORT)]
+        r50, r99 = ratio(s.p(50), e.p(50)), ratio(s.p(99), e.p(99))
+        checks.append((f"{name}: p50 ≤ 1.15 × echo", r50 <= 1.15, f"×{r50:.2f}"))
+        checks.append((f"{name}: p99 ≤ 1.3 × echo", r99 <= 1.3, f"×{r99:.2f}"))
+    k_max = max(k for k, _ in plan.closed)
+    e, s = by[(f"closed K={k_max}", ECHO)], by[(f"closed K={k_max}", SUPPORT)]
+    r = ratio(s.rate, e.rate)
+    checks.append(
+        (
+            f"closed K={k_max}: answers/s ≥ 0.9 × echo",
+            r >= 0.9,
+            f"{s.rate:.1f} vs {e.rate:.1f}/s (×{r:.2f})",
+        )
+    )
+    errors = sum(r.errors for r in support["results"])
+    checks.append(("support-bot: 0 errors", errors == 0, f"{errors} error(s)"))
+    single = by[("intake K=1", SUPPORT)]
+    worst = max(single.totals, default=math.nan)
+    checks.append(
+        (
+            "full intake at K=1 ≤ 6.5 × echo round trip",
+            not math.isnan(worst) and worst <= budget,
+            f"slowest of {len(single.totals)}: {ms(worst)} ms, median "
+            f"{ms(percentile(single.totals, 50))} ms vs {ms(budget)} ms",
+        )
+    )
+    out += [
+        "",
+        "## Targets",
+        "",
+        markdown_table(("target", "result", "measured"), [(n, verdict(ok), v) for n, ok, v in checks]),
+    ]
+    notes = [
+        f"- {r.bot}, {r.phase}: " + "; ".join(sorted(set(r.notes))[:5])
+        for r in [*echo["results"], *support["results"]]
+        if r.notes
+    ]
+    if notes:
+        out += ["", "## Notes", "", *notes]
+    return "\n".join(out) + "\n"
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+async def amain(args: argparse.Namespace) -> int:
+    plan = QUICK if args.quick else FULL
+    workdir = Path(tempfile.mkdtemp(prefix="support-bot-bench-"))
+    began = time.perf_counter()
+
+    def log(text: str) -> None:
+        print(f"[{time.perf_counter() - began:6.1f} s] {text}", file=sys.stderr, flush=True)
+
+    log(f"work dir {workdir}; starting Synapse…")
+    synapse = await Synapse.astart(workdir / "synapse")
+    try:
+        log(f"Synapse at {synapse.base_url}")
+        echo = await bench_echo(synapse, workdir / "echo", plan, log)
+        support = await bench_support(synapse, workdir / "support", plan, args.db, args.pg_dsn, log)
+    finally:
+        await synapse.astop()
+    text = report(echo, support, plan, args, time.perf_counter() - began)
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text)
+        log(f"written to {args.markdown}")
+    if args.keep:
+        log(f"kept {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a ~2-minute run (fewer messages)")
+    parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument(
+        "--pg-dsn",
+        default=PG_ADMIN_DSN,
+        help=f"PostgreSQL server for --db postgres (a fresh database is created; default "
+        f"{PG_ADMIN_DSN})",
+    )
+    parser.add_argument("--markdown", metavar="FILE", help="also write the report there")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, databases)")
+    return asyncio.run(amain(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
