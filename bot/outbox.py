@@ -98,7 +98,9 @@ class Deliverer:
                     )
                     return item.failed
                 await item.save(update_fields=["attempts"])
-                await asyncio.sleep(delay + random.random() * delay)
+                # A rate limit says how long to wait; otherwise back off with jitter.
+                wait = getattr(error, "retry_after", None) or (delay + random.random() * delay)
+                await asyncio.sleep(min(wait, 60))
                 delay = min(delay * 2, 30)
                 continue
             item.sent_at = self.clock()

@@ -9,7 +9,7 @@ from bot.app import Sweeper
 from bot.dispatch import Router
 
 # Order matters for plain text: the first modules see it first.
-MODULES = ("commands", "intake", "staff", "booking", "interventions")
+MODULES = ("commands", "intake", "staff", "booking", "interventions", "privacy")
 
 
 def _modules() -> list:
