@@ -92,6 +92,8 @@ class CardView:
     sla_due: datetime | None = None
     booking: BookingView | None = None
     converted_from: str | None = None
+    # The SLA watcher found the deadline missed with nobody having answered (R3).
+    sla_missed: bool = False
 
     @property
     def kind(self) -> Kind:
@@ -140,6 +142,7 @@ def card_view(ticket: Ticket, client: Client, booking: Booking | None = None) ->
         sla_due=ticket.sla_due,
         booking=booking_view,
         converted_from=ticket.converted_from,
+        sla_missed=ticket.sla_missed_at is not None and ticket.first_response_at is None,
     )
 
 
@@ -339,6 +342,9 @@ def _clean(markup: str) -> str:
 # --- The card ------------------------------------------------------------------------------
 
 
+_OVERDUE = N_("⚠️ Overdue: the answer was due {due}.")
+
+
 def render_card(view: CardView, tr: Translator, tz: ZoneInfo) -> tuple[str, str]:
     """The card as (plain body, HTML formatted body) in the staff member's locale and zone."""
     r = _Renderer(tr, tz)
@@ -352,6 +358,8 @@ def render_card(view: CardView, tr: Translator, tz: ZoneInfo) -> tuple[str, str]
         },
     )
     lines = _facts(view, r)
+    if view.sla_missed and view.sla_due is not None and view.status in lifecycle.ACTIVE_STATUSES:
+        lines.insert(0, r.msg(_OVERDUE, {"due": r.when(view.sla_due)}))
     description, truncated = _description(view.description)
     actions = _actions(view, r)
 

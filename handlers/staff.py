@@ -95,7 +95,6 @@ SLA_WARNING = NP_(
     "⚠️ {ref} is due {due} (in {n} working hours) and nobody has answered yet.",
 )
 SLA_MISSED = N_("🚨 SLA missed for {ref}: it was due {due} and nobody has answered yet.")
-CARD_OVERDUE = N_("⚠️ Overdue: the answer was due {due}.")
 NOTES_TITLE = N_("Client notes:")
 NO_NOTES = N_("No notes from the client.")
 NOTE_LINE = N_("{when} · {author}: {text}")
@@ -367,27 +366,9 @@ def _sla_missed(ticket_id: int):
         await repo.audit(
             ticket, ctx.sender.key, "sla_missed", ticket.status, ticket.status, at=ctx.now
         )
-        await _refresh_overdue_card(ctx, ticket)
+        await refresh_card(ctx, ticket)
 
     return job
-
-
-async def _refresh_overdue_card(ctx: Context, ticket: Ticket) -> None:
-    """The card edited with an "overdue" line under its title.
-
-    Until `bot.cards.render_card` shows overdue itself, this is the only refresh that does;
-    a later refresh by another change drops the line again.
-    """
-    room = ctx.services.staff_room_id()
-    if room is None:
-        return
-    plain, markup = await card_parts(ctx, ticket)
-    line = ctx.render(Msg(CARD_OVERDUE, {"due": ticket.sla_due}), ctx.services.staff_tr())
-    title, _, rest = plain.partition("\n")
-    plain = f"{title}\n{line}\n{rest}"
-    head, _, tail = markup.partition("</p>")
-    markup = f"{head}</p><p><b>{html.escape(line)}</b></p>{tail}"
-    ctx.edit(room, f"card:{ticket.id}", plain, markup)
 
 
 SWEEPERS = [watch_sla]

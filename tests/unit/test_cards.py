@@ -152,6 +152,16 @@ def test_answered_ticket_shows_the_sla_as_met(en: Translator) -> None:
     assert "Answer due by" not in plain
 
 
+def test_missed_sla_is_shown_on_every_render_until_closed(en: Translator) -> None:
+    plain, markup = render_card(view(sla_missed=True), en, PARIS)
+    assert "⚠️ Overdue: the answer was due Tuesday, December 29, 2026 at 6:00 PM" in plain
+    assert "Overdue" in markup
+    plain, _ = render_card(view(sla_missed=True, status=Status.CANCELLED), en, PARIS)
+    assert "Overdue" not in plain
+    plain, _ = render_card(view(), en, PARIS)
+    assert "Overdue" not in plain
+
+
 def test_missing_instance_is_said(en: Translator) -> None:
     plain, _ = render_card(
         view(instance_url=None, instance_version=None, survey_id=None), en, PARIS
