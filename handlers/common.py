@@ -6,10 +6,10 @@ import re
 
 from bot.cards import card_view, render_card
 from bot.dispatch import Context, DomainError
-from bot.domain.tickets import Refusal, TicketState
+from bot.domain.tickets import Refusal, Status, TicketState
 from bot.i18n import N_, Msg, Translator
 from bot.storage import repo
-from bot.storage.models import Client, Ticket, UserPref
+from bot.storage.models import Booking, Client, Ticket, UserPref
 
 REF_RE = re.compile(r"\b([A-Za-z]{1,10}-\d{4}-\d{4,})\b")
 
@@ -68,8 +68,21 @@ async def change(
         detail,
         at=ctx.now,
     )
+    if ticket.status in FREES_CALL and before != ticket.status:
+        await _free_future_call(ctx, ticket)
     await refresh_card(ctx, ticket)
     return result
+
+
+# A ticket that ends this way no longer needs the call it booked: its slot goes back.
+FREES_CALL = frozenset({Status.CANCELLED, Status.DECLINED, Status.UNSOLVABLE})
+
+
+async def _free_future_call(ctx: Context, ticket: Ticket) -> None:
+    if await Booking.filter(ticket_id=ticket.id, status="active", start__gt=ctx.now).exists():
+        from handlers.booking import cancel_call  # the booking module owns calls
+
+        await cancel_call(ctx, ticket, actor=ctx.sender.key)
 
 
 async def client_translator(ctx: Context, ticket: Ticket) -> Translator:
