@@ -17,10 +17,10 @@ import html
 import logging
 import re
 import secrets
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
@@ -299,6 +299,15 @@ APOLOGY = N_(
 UNKNOWN_COMMAND = N_("Unknown command “!{name}”. Type !help to see what I can do.")
 STAFF_ONLY = N_("“!{name}” is a staff command: it is only available to the support team.")
 ONLY_TEXT = N_("I can only read text messages: please describe your request in words.")
+FLOODING = N_(
+    "You are sending many messages very quickly. I read them all, in order, but I will answer "
+    "more slowly for a moment."
+)
+
+# A flooding client's messages are all handled (nothing is lost), each one over the limit
+# after this pause, taken outside any transaction and per sender (others are not slowed).
+FLOOD_PAUSE_SECONDS = 1.0
+FLOOD_PAUSE_CAP_SECONDS = 5.0
 
 
 class Dispatcher:
@@ -315,6 +324,9 @@ class Dispatcher:
         self.services = services
         self.wake_delivery = wake_delivery
         self._locks: dict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._recent: dict[str, deque[datetime]] = defaultdict(deque)
+        self._flood_told: dict[str, datetime] = {}
+        self._paused: dict[str, float] = defaultdict(float)
         self._reaction_keys: dict[str, list[Handler]] = defaultdict(list)
         for spec in router.reactions:
             for key in spec.keys:
@@ -322,6 +334,7 @@ class Dispatcher:
 
     async def on_batch(self, events: Sequence[Incoming]) -> None:
         """Handle one sync batch: senders in parallel, each sender's events in order."""
+        self._paused.clear()
         groups: dict[tuple[str, str], list[Incoming]] = defaultdict(list)
         for event in events:
             groups[(event.room_id, event.sender)].append(event)
@@ -343,10 +356,13 @@ class Dispatcher:
             if await HandledEvent.exists(event_id=event.event_id):
                 return
             now = self.services.clock()
+            flooding = await self._flood_check(event, sender, now)
             ctx = await self._context(event, sender, now)
             try:
                 async with in_transaction():
                     await self._route(ctx)
+                    if flooding:
+                        ctx.reply(Msg(FLOODING))
                     await self._commit(ctx, now)
             except IntegrityError:
                 # Another delivery of the same event won the race: nothing more to do.
@@ -362,6 +378,26 @@ class Dispatcher:
                 await self._fail(ctx, now)
         self.services.count_event(type(event).__name__)
         self.wake_delivery()
+
+    async def _flood_check(self, event: Incoming, sender: Sender, now: datetime) -> bool:
+        """Count a client's recent messages; pause over the limit. True = tell them now."""
+        limit = self.services.config.service.flood_messages_per_minute
+        if limit <= 0 or not isinstance(event, IncomingText) or self.services.is_staff(sender):
+            return False
+        recent = self._recent[sender.key]
+        recent.append(now)
+        while recent and now - recent[0] > timedelta(minutes=1):
+            recent.popleft()
+        if len(recent) <= limit:
+            return False
+        if self._paused[sender.key] < FLOOD_PAUSE_CAP_SECONDS:
+            self._paused[sender.key] += FLOOD_PAUSE_SECONDS
+            await asyncio.sleep(FLOOD_PAUSE_SECONDS)
+        told = self._flood_told.get(sender.key)
+        if told is not None and now - told < timedelta(minutes=10):
+            return False
+        self._flood_told[sender.key] = now
+        return True
 
     async def run_job(
         self, key: str, job: Handler, *, room_id: str = "", locale: str | None = None

@@ -120,3 +120,21 @@ async def test_restart_keeps_language(bot):
     await bot.restart()
     sent = await bot.say(DM, ALICE, "!help")
     assert "Here is what I understand" in sent[0].body
+
+
+async def test_a_flooding_client_is_told_once_and_every_message_is_handled(bot, monkeypatch):
+    from bot import dispatch
+
+    monkeypatch.setattr(dispatch, "FLOOD_PAUSE_SECONDS", 0.0)
+    answers = []
+    for n in range(25):
+        answers.append(await bot.say(DM, ALICE, f"!aide {n}"))
+    # Every message was answered (nothing dropped)…
+    assert all(any("Voici ce que je comprends" in m.body for m in sent) for sent in answers)
+    # …and the client was told once, on the 21st message, that answers slow down.
+    told = [n for n, sent in enumerate(answers) if any("très rapidement" in m.body for m in sent)]
+    assert told == [20]
+    # Staff are never slowed.
+    for _ in range(25):
+        sent = await bot.say(STAFF_ROOM, STAFF, "!aide")
+        assert not any("très rapidement" in m.body for m in sent)
