@@ -518,8 +518,8 @@ url = {q("sqlite://" + str(data_dir / "bot.sqlite3"))}
 [service]
 timezone = "Europe/Paris"
 country = "FR"
-# "fr" for French; each client can switch with !lang.
-default_locale = "en"
+# French first, as the service; each client can switch with !lang en.
+default_locale = "fr"
 # The demo has no mail server: clients confirm large interventions in the chat.
 confirmation = "chat"
 
