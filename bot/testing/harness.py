@@ -69,6 +69,9 @@ def test_config(**sections: Mapping[str, Any]) -> Config:
     return parse_config(raw, {})
 
 
+test_config.__test__ = False  # a helper, not a test, wherever it is imported
+
+
 @dataclass
 class FakeClock:
     now: datetime = field(default_factory=lambda: datetime(2026, 11, 26, 9, 0, tzinfo=UTC))
