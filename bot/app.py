@@ -115,11 +115,14 @@ class Services:
         return Sender(event.sender, event.sender)
 
     def text_of(self, sender: Sender, event: IncomingText) -> str:
+        """What the person wrote (without a bridge's nickname prefix; no U+0000, which
+        PostgreSQL refuses and nobody types)."""
+        body = event.body.replace("\x00", "")
         if sender.bridged:
             bridge = self._bridges[sender.user_id]
-            parsed = parse_bridged(event.body, bridge.nick_format)
-            return parsed.text if parsed else event.body
-        return event.body
+            parsed = parse_bridged(body, bridge.nick_format)
+            return parsed.text if parsed else body
+        return body
 
     def is_staff(self, sender: Sender) -> bool:
         """Configured staff, or staff-room members with power level ≥ 50. Never a bridge."""

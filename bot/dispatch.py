@@ -176,6 +176,14 @@ def notice_content(plain: str, formatted: str | None) -> dict[str, Any]:
     return content
 
 
+def addressed(nick: str, text: str) -> str:
+    """A message to the person behind a bridge: their nickname first, made harmless (a
+    nickname is whatever they typed in Nextcloud Talk: it must not ping or render as a pill)."""
+    from bot.cards import defuse
+
+    return f"{defuse(nick)}: {text}"
+
+
 def plain_to_html(plain: str) -> str:
     return html.escape(plain).replace("\n", "<br>")
 
@@ -219,7 +227,9 @@ class Context:
             # Bridged rooms: plain text only, addressed to the person behind the bridge.
             self.outgoing.append(
                 Outgoing(
-                    self.room_id, "message", notice_content(f"{self.sender.nick}: {plain}", None)
+                    self.room_id,
+                    "message",
+                    notice_content(addressed(self.sender.nick, plain), None),
                 )
             )
             return
@@ -356,8 +366,24 @@ class Dispatcher:
             if await HandledEvent.exists(event_id=event.event_id):
                 return
             now = self.services.clock()
-            flooding = await self._flood_check(event, sender, now)
-            ctx = await self._context(event, sender, now)
+            try:
+                flooding = await self._flood_check(event, sender, now)
+                ctx = await self._context(event, sender, now)
+            except Exception:
+                # Even the preparation may fail (e.g. a database refusing the client key):
+                # it must end in the apology, never escape and stall the sync loop.
+                ctx = Context(
+                    event=event,
+                    room_id=event.room_id,
+                    sender=sender,
+                    services=self.services,
+                    now=now,
+                    tr=self.services.catalogs.get(None),
+                    is_staff=False,
+                )
+                await self._fail(ctx, now)
+                self.wake_delivery()
+                return
             try:
                 async with in_transaction():
                     await self._route(ctx)

@@ -55,7 +55,7 @@ from tortoise.transactions import in_transaction
 from bot.app import Services
 from bot.calendar_ics import invitation_ics
 from bot.cards import CHANNEL_LABELS
-from bot.dispatch import Context, DomainError, Router
+from bot.dispatch import Context, DomainError, Router, addressed
 from bot.domain.slots import Busy, Slot, SlotInputError, free_slots, parse_block
 from bot.domain.tickets import ACTIVE_STATUSES, Channel, Kind, Status
 from bot.i18n import N_, NP_, Msg, Translator
@@ -300,7 +300,7 @@ class _ClientOut:
         plain = self.render(text) if isinstance(text, Msg) else text
         if self.nick is not None:
             self.ctx.send(
-                self.ticket.room_id, f"{self.nick}: {plain}", plain_only=True, on_sent=on_sent
+                self.ticket.room_id, addressed(self.nick, plain), plain_only=True, on_sent=on_sent
             )
         else:
             self.ctx.send(self.ticket.room_id, plain, on_sent=on_sent)
@@ -887,6 +887,8 @@ async def unblock(ctx: Context) -> None:
     value = ctx.args.strip().lstrip("#")
     if not value.isdigit():
         raise DomainError(Msg(UNBLOCK_USAGE))
+    if not re.fullmatch(r"[0-9]{1,9}", value):  # "²" is a digit too; ids fit 9 digits
+        raise DomainError(Msg(UNBLOCK_UNKNOWN, {"id": value}))
     deleted = await Block.filter(id=int(value)).delete()
     if not deleted:
         raise DomainError(Msg(UNBLOCK_UNKNOWN, {"id": value}))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from bot.cards import card_view, render_card
-from bot.dispatch import Context, DomainError
+from bot.dispatch import Context, DomainError, addressed
 from bot.domain.tickets import Refusal, Status, TicketState
 from bot.i18n import N_, Msg, Translator
 from bot.storage import repo
@@ -98,7 +98,7 @@ async def tell_client(ctx: Context, ticket: Ticket, msg: Msg) -> None:
     text = tr.render(msg, ctx.tz)
     nick = bridged_nick(client.key, ticket.room_id)
     if nick is not None:
-        ctx.send(ticket.room_id, f"{nick}: {text}", plain_only=True)
+        ctx.send(ticket.room_id, addressed(nick, text), plain_only=True)
     else:
         ctx.send(ticket.room_id, text)
 

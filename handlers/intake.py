@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING
 from tortoise.transactions import in_transaction
 
 from bot.cards import CHANNEL_LABELS, KIND_LABELS, STATUS_LABELS, defuse
-from bot.dispatch import Context, DomainError, Router
+from bot.dispatch import Context, DomainError, Router, addressed
 from bot.domain.intake import (
     CATEGORIES,
     AddToTicket,
@@ -342,7 +342,9 @@ async def _apply(ctx: Context, conv: Conversation | None, transition: Transition
     await _save(ctx, conv, transition.intake)
     log.debug("intake in %s now at %s", ctx.room_id, transition.intake.step.value)
     for msg in transition.replies:
-        ctx.reply(msg)
+        # The summary and some explanations echo what the client typed: defused, so a
+        # "@room" or a matrix.to link in a description notifies nobody.
+        ctx.reply(defuse(ctx.render(msg)))
     for effect in transition.effects:
         if isinstance(effect, OpenRequest):
             await _open_request(ctx, effect)
@@ -655,9 +657,9 @@ async def _time_out(conv_id: int, version: int, action: str, ctx: Context) -> No
         return
     nick = bridged_nick(conv.client_key, conv.room_id)
     for msg in transition.replies:
-        text = ctx.render(msg)
+        text = defuse(ctx.render(msg))  # a reminder may restate the summary
         if nick is not None:
-            ctx.send(conv.room_id, f"{nick}: {text}", plain_only=True)
+            ctx.send(conv.room_id, addressed(nick, text), plain_only=True)
         else:
             ctx.send(conv.room_id, text)
 

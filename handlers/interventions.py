@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from bot import rules
 from bot.cards import defuse
-from bot.dispatch import Context, DomainError, Router
+from bot.dispatch import Context, DomainError, Router, addressed
 from bot.domain import tickets as lifecycle
 from bot.domain.tickets import Channel, Kind, Refusal, Status, TicketState
 from bot.i18n import N_, NP_, Msg
@@ -406,7 +406,7 @@ async def _tell_client_text(
     client = await Client.get(id=ticket.client_id)  # type: ignore[attr-defined]
     nick = bridged_nick(client.key, ticket.room_id)
     if nick is not None:
-        ctx.send(ticket.room_id, f"{nick}: {text}", plain_only=True, on_sent=on_sent)
+        ctx.send(ticket.room_id, addressed(nick, text), plain_only=True, on_sent=on_sent)
     else:
         ctx.send(ticket.room_id, text, on_sent=on_sent)
 
@@ -842,7 +842,11 @@ async def report(ctx: Context) -> None:
     local_now = ctx.now.astimezone(ctx.tz)
     if ctx.args.strip():
         match = _MONTH_RE.match(ctx.args)
-        if match is None or not 1 <= int(match.group(2)) <= 12:
+        if (
+            match is None
+            or not 1 <= int(match.group(2)) <= 12
+            or not 1970 <= int(match.group(1)) <= 9998
+        ):
             example = f"{local_now.year:04d}-{local_now.month:02d}"
             raise DomainError(Msg(_REPORT_BAD_MONTH, {"example": example}))
         year, month = int(match.group(1)), int(match.group(2))

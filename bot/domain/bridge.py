@@ -41,6 +41,7 @@ def _pattern(nick_format: str) -> re.Pattern[str]:
 
 def parse_bridged(body: str, nick_format: str = DEFAULT_NICK_FORMAT) -> Bridged | None:
     """Split a bridged message into nickname and text; None when it does not match."""
+    body = body.replace("\x00", "")
     match = _pattern(nick_format).match(body)
     if match is None:
         return None

@@ -318,6 +318,14 @@ BLOCK_FORMAT_HELP = N_(
 
 
 def parse_block(text: str, tz: ZoneInfo) -> tuple[datetime, datetime]:
+    """See `_parse_block`; dates at the very ends of the calendar are refused, not crashed on."""
+    try:
+        return _parse_block(text, tz)
+    except OverflowError:
+        raise SlotInputError(BLOCK_FORMAT_HELP) from None
+
+
+def _parse_block(text: str, tz: ZoneInfo) -> tuple[datetime, datetime]:
     """Read a staff period in the service time zone; returns (start, end) in UTC, end excluded.
 
     Accepted forms (``14h00`` works like ``14:00``):

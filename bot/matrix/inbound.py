@@ -171,6 +171,11 @@ def _text(room_id: str, event: Event) -> IncomingText | None:
         body = strip_reply_fallback(body)
         if formatted is not None:
             formatted = strip_html_reply_fallback(formatted)
+    # U+0000 means nothing to a person, and PostgreSQL refuses it in text: drop it here, at
+    # the edge, before anything is stored.
+    body = body.replace("\x00", "")
+    if formatted is not None:
+        formatted = formatted.replace("\x00", "")
     return IncomingText(
         event_id=event.event_id,
         room_id=room_id,

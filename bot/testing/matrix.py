@@ -85,7 +85,7 @@ async def login_client(
 async def sync_once(
     client: AsyncClient,
     *,
-    timeout: float = 0.0,  # noqa: ASYNC109 - the server-side long-poll duration
+    timeout: float = 0.0,
     timeline_limit: int = DEFAULT_TIMELINE_LIMIT,
 ) -> list[tuple[str, Message]]:
     """One sync. Use it instead of `client.sync` on clients given to `wait_for_message`.
@@ -122,7 +122,7 @@ async def wait_for_message(
     client: AsyncClient,
     room_id: str,
     predicate: Predicate | None = None,
-    timeout: float = 15.0,  # noqa: ASYNC109 - a deadline across many syncs, not one call
+    timeout: float = 15.0,
     *,
     timeline_limit: int = DEFAULT_TIMELINE_LIMIT,
 ) -> Message:
@@ -143,7 +143,7 @@ async def wait_for_messages(
     room_id: str,
     count: int,
     predicate: Predicate | None = None,
-    timeout: float = 15.0,  # noqa: ASYNC109 - a deadline across many syncs, not one call
+    timeout: float = 15.0,
     *,
     timeline_limit: int = DEFAULT_TIMELINE_LIMIT,
 ) -> list[Message]:

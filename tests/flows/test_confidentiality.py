@@ -437,16 +437,6 @@ def defuse_problems(sent: list[Sent]) -> list[str]:
     return problems
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: a bridged client's nickname is put undefused before every answer "
-        "(f'{nick}: …' in bot/dispatch.py:222 Context.reply, handlers/common.py:101 tell_client, "
-        "handlers/booking.py:303 _ClientOut.send, handlers/intake.py:660 _time_out, "
-        "handlers/interventions.py:409 _tell_client_text): a nickname '@room…' makes every "
-        "plain body start with a bare @room"
-    ),
-)
 async def test_a_bridged_nickname_is_defused_when_the_bot_addresses_it(hostile_bot):
     bot = hostile_bot
     await hostile_flow(bot)
@@ -456,15 +446,6 @@ async def test_a_bridged_nickname_is_defused_when_the_bot_addresses_it(hostile_b
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: the intake summary echoes the client's description and instance URL undefused "
-        "(bot/domain/intake.py:771 '\"description\": description' and the 'url' of "
-        "_summary, sent by handlers/intake.py _apply → ctx.reply): a bare @room and a "
-        "matrix.to permalink reach both bodies of the message"
-    ),
-)
 async def test_the_intake_summary_echoes_client_text_defused(hostile_bot):
     bot = hostile_bot
     await hostile_flow(bot)

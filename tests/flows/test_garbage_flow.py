@@ -7,8 +7,8 @@ apology (its metric does not move); a client's message (and any command) gets at
 answer, an edit none; every stored conversation is a valid `IntakeStep` with data that loads.
 
 The property keeps one bot (and its database) for all its examples, so the conversations and
-tickets it creates pile up and later examples start from deeper states. Inputs that hit the
-bugs pinned by the explicit `xfail` tests at the end are excluded from it (`known_bug`), so the
+tickets it creates pile up and later examples start from deeper states. Inputs that hit a
+bug pinned by an `xfail` test would be excluded from it (`known_bug`: none now), so the
 property reports new failures only. Hypothesis runs in an event loop of its own: its examples
 are synchronous calls.
 """
@@ -16,7 +16,6 @@ are synchronous calls.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -125,21 +124,7 @@ messages = st.one_of(
 
 
 def known_bug(text: str) -> bool:
-    """Inputs pinned by the xfail tests below (left out of the property)."""
-    if "\x00" in text:
-        return True
-    match = COMMAND_RE.match(text)
-    if match is None:
-        return False
-    name, args = match.group(1).lower(), (match.group(2) or "").strip()
-    if name in ("unblock", "debloquer"):
-        value = args.lstrip("#")
-        return value.isdigit() and not (value.isascii() and len(value) <= 9)
-    if name in ("report", "rapport"):
-        month = re.match(r"^\s*(\d{4})-(\d{1,2})\s*$", args)
-        return bool(month) and not 2 <= int(month.group(1)) <= 9998
-    if name in ("block", "bloquer"):
-        return bool(re.search(r"(?<!\d)(0000|0001|9999)-", args))
+    """Inputs pinned by xfail tests below (left out of the property): none left."""
     return False
 
 
@@ -410,21 +395,7 @@ def test_any_event_from_the_homeserver_converts_or_is_ignored(source):
 # --- bugs found by the property (pinned) ---------------------------------------------------
 
 
-def postgres_only(db_url: str, request: pytest.FixtureRequest, reason: str) -> None:
-    if db_url.startswith("postgres"):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
-
-
-NUL_REASON = (
-    "BUG: PostgreSQL refuses U+0000 in text/jsonb; a client message containing it is stored "
-    "as is (handlers/intake.py _save → Conversation.data) and the event ends in the apology, "
-    "again on every retry. Strip or replace U+0000 (and lone surrogates) from Incoming text "
-    "in bot/matrix/inbound.py _text before anything is stored"
-)
-
-
 async def test_a_nul_character_from_a_client_is_answered_not_apologised_for(bot, db_url, request):
-    postgres_only(db_url, request, NUL_REASON)
     await check_step(bot, Step(CLIENT, "text", "Mon questionnaire\x00 plante depuis hier soir."))
     await check_step(bot, Step(CLIENT, "text", "\x00"))
 
@@ -432,62 +403,22 @@ async def test_a_nul_character_from_a_client_is_answered_not_apologised_for(bot,
 async def test_a_nul_character_in_a_bridged_nickname_does_not_escape_the_dispatcher(
     bot, db_url, request
 ):
-    postgres_only(
-        db_url,
-        request,
-        "BUG: bot/dispatch.py:360 Dispatcher.handle calls _context (dispatch.py:470) → "
-        "Services.locale_for (bot/app.py:148, a query by the client key) BEFORE its "
-        "try/except: a bridged nickname with U+0000 makes PostgreSQL raise out of on_batch, so "
-        "the sync token is never stored and the same event is redelivered forever (the bot "
-        "stops answering everyone). Move _context inside the error boundary and drop U+0000 "
-        "from nicknames (parse_bridged)",
-    )
     sent = await bot.say(TALK, BRIDGE, "[nctalk] <Zo\x00é> Mon questionnaire plante depuis hier.")
     assert sent and bot.services.metrics.errors._value.get() == 0
-
-
-UNBLOCK_REASON = (
-    "BUG: handlers/booking.py:888 `!unblock` checks str.isdigit(), which accepts '²' (int() "
-    "then raises ValueError) and numbers beyond the id column (SQLite OverflowError above "
-    "2**63, PostgreSQL int4 out of range above 2**31): the staff member gets the apology. Use "
-    "re.fullmatch(r'[0-9]{1,9}', value) and answer UNBLOCK_UNKNOWN otherwise"
-)
 
 
 @pytest.mark.parametrize("value", ["²", "99999999999999999999", "3000000000"])
 async def test_unblock_with_an_odd_number_is_refused_not_apologised_for(
     bot, db_url, request, value
 ):
-    if value == "3000000000":
-        postgres_only(db_url, request, UNBLOCK_REASON)  # SQLite ids are 64-bit
-    else:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=UNBLOCK_REASON))
     await check_step(bot, Step(STAFF_HERE, "text", f"!unblock {value}"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: handlers/interventions.py:844 `!report` accepts any 4-digit year; "
-        "bot/storage/repo.py:380 month_bounds then raises ValueError/OverflowError for year 0, "
-        "0001-01 (before datetime.min in UTC) and 9999-12 (no next month): apology instead "
-        "of _REPORT_BAD_MONTH. Bound the year (e.g. 1970..9998) in the handler"
-    ),
-)
 @pytest.mark.parametrize("month", ["0000-01", "0001-01", "9999-12"])
 async def test_report_of_an_impossible_month_is_refused_not_apologised_for(bot, month):
     await check_step(bot, Step(STAFF_HERE, "text", f"!report {month}"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: bot/domain/slots.py:320 parse_block raises OverflowError (not SlotInputError) "
-        "for periods touching 0001-01-01 or 9999-12-31, so handlers/booking.py `!block` "
-        "(which catches SlotInputError only) apologises. Catch OverflowError in parse_block "
-        "(or bound the year) and raise SlotInputError"
-    ),
-)
 @pytest.mark.parametrize("period", ["9999-12-31", "0001-01-01", "2026-12-01 9999-12-31"])
 async def test_block_at_the_ends_of_the_calendar_is_refused_not_apologised_for(bot, period):
     await check_step(bot, Step(STAFF_HERE, "text", f"!block {period}"))
