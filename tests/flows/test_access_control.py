@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from tortoise.models import Model
 
-from bot.dispatch import STAFF_ONLY, Context, plain_to_html
+from bot.dispatch import STAFF_ONLY, Context, addressed, plain_to_html
 from bot.domain.tickets import Channel, Kind, Status, initial_state, sla_business_days
 from bot.i18n import Msg
 from bot.storage import repo
@@ -290,7 +290,7 @@ def refusal(bot: BotHarness, actor: Actor, name: str) -> tuple[str, str | None]:
         Msg(STAFF_ONLY, {"name": name}), bot.services.tz
     )
     if actor.nick is not None:
-        return f"{actor.nick}: {text}", None
+        return addressed(actor.nick, text), None  # the nickname, defused, as the bot writes it
     return text, plain_to_html(text)
 
 
@@ -457,7 +457,7 @@ async def test_someone_elses_reference_answers_exactly_like_one_that_does_not_ex
                 )
             else:
                 text = bot.catalogs.get("fr").render(Msg(NOT_FOUND, {"ref": ref}), bot.services.tz)
-                expected = f"{actor.nick}: {text}" if actor.nick is not None else text
+                expected = addressed(actor.nick, text) if actor.nick is not None else text
                 if theirs[0].body != expected or theirs[0].room_id != actor.room:
                     problems.append(f"!{command} {typed}: {theirs[0].body!r} is not 'not found'")
     assert not problems, "\n".join(problems)

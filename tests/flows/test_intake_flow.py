@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from bot.cards import defuse
 from bot.domain.tickets import billed_tickets
 from bot.storage import repo
 from bot.storage.models import (
@@ -305,6 +306,16 @@ async def test_confirm_with_a_reaction(bot):
     assert await Ticket.all().count() == 1
 
 
+async def test_client_text_echoed_in_the_summary_pings_nobody(bot):
+    hostile = "@room help! See https://matrix.to/#/@staff:test for what I mean, please."
+    await to_confirm(bot, desc=hostile)
+    summary = bot.in_room(DM)[-1]
+    for body in (summary.body, summary.html or ""):
+        assert "@room" not in body and "matrix.to" not in body
+        assert "help! See https://matrix" in body  # still readable
+    assert "<script" not in (summary.html or "")
+
+
 async def test_staff_text_in_a_client_room_starts_nothing(bot):
     assert await bot.say(DM, STAFF, "Hello Alice, I am looking at your survey now.") == []
     assert await Conversation.all().count() == 0
@@ -592,7 +603,7 @@ async def test_two_nicknames_are_two_conversations(bridged):
 
 async def test_a_nickname_equal_to_a_staff_name_is_not_staff(bridged):
     sent = await talk(bridged, STAFF, DESCRIPTION_FR)
-    assert sent[-1].body.startswith(f"{STAFF}: ")
+    assert sent[-1].body.startswith(f"{defuse(STAFF)}: ")  # addressed, but not as a pill
     assert FR_CATEGORY_QUESTION in sent[-1].body
     sent = await talk(bridged, "staff", "Je suis du support, promis")
     assert sent[0].body.startswith("staff: ")
