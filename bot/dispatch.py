@@ -348,10 +348,10 @@ class Dispatcher:
         groups: dict[tuple[str, str], list[Incoming]] = defaultdict(list)
         for event in events:
             groups[(event.room_id, event.sender)].append(event)
-        if len(groups) == 1:
-            await self._handle_in_order(next(iter(groups.values())))
-        else:
-            await asyncio.gather(*(self._handle_in_order(evs) for evs in groups.values()))
+        # Each group in a task of its own (even a single one): a transaction that the database
+        # broke mid-way can leave Tortoise's "current transaction" marker in the task that
+        # opened it; it must die with that task, never stay in the sync loop's.
+        await asyncio.gather(*(self._handle_in_order(evs) for evs in groups.values()))
 
     async def _handle_in_order(self, events: Iterable[Incoming]) -> None:
         for event in events:
@@ -400,7 +400,11 @@ class Dispatcher:
                 ctx.reply(refusal.msg)
                 async with in_transaction():
                     await self._commit(ctx, now)
-            except Exception:
+            except Exception as error:
+                if is_database_outage(error):
+                    # Not the handler's fault and not to be apologised for: the event stays
+                    # unhandled, the batch fails, and the shell retries it (token not stored).
+                    raise
                 await self._fail(ctx, now)
         self.services.count_event(type(event).__name__)
         self.wake_delivery()
@@ -554,6 +558,32 @@ class Dispatcher:
         handlers = self.router.staff_texts if ctx.in_staff_room else self.router.texts
         for handler in handlers:
             await handler(ctx)
+
+
+def is_database_outage(error: BaseException) -> bool:
+    """True when the database connection itself failed (lost, refused, closed), as opposed to
+    a query the database refused: the first is retried later, the second is a handler bug."""
+    import asyncpg
+    from tortoise.exceptions import DBConnectionError
+
+    # Database errors only: a network error of a mail or video server must stay a handler
+    # failure (apologised for), or a dead SMTP server would stall every batch.
+    transient = (
+        DBConnectionError,
+        asyncpg.exceptions.ConnectionDoesNotExistError,
+        asyncpg.exceptions.InterfaceError,
+        asyncpg.exceptions.CannotConnectNowError,
+        asyncpg.exceptions.AdminShutdownError,
+        asyncpg.exceptions.InternalClientError,
+    )
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, transient):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _norm_reaction(key: str) -> str:

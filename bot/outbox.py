@@ -86,8 +86,11 @@ class Deliverer:
                 event_id = await self._send(item)
             except TransportError as error:
                 item.attempts += 1
-                if not error.retryable or item.attempts >= MAX_ATTEMPTS:
-                    item.failed = not error.retryable or item.attempts >= MAX_ATTEMPTS
+                # A refused message (4xx) is given up after a few tries; an unreachable
+                # homeserver never makes a reply fail: it waits, with capped backoff, for the
+                # server to come back (replies pending during an outage are sent after it).
+                if not error.retryable and item.attempts >= MAX_ATTEMPTS:
+                    item.failed = True
                     await item.save(update_fields=["attempts", "failed"])
                     log.warning(
                         "outbox item %s to %s failed after %d attempt(s): %s",

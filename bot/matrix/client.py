@@ -815,15 +815,21 @@ class MatrixShell:
                 log.debug("member list of %s not loaded: %s", room_id, error)
 
     async def _commit(self, batch: _Batch) -> None:
+        # In a task of its own: if the database drops the connection mid-transaction, Tortoise
+        # can leave its "current transaction" marker set in the task that opened it, and the
+        # sync task would then carry a dead connection into every later batch.
+        await asyncio.create_task(self._store_position(batch))
+        self._token = batch.token
+        if batch.events:
+            self.stats.batches += 1
+            self.stats.events += len(batch.events)
+
+    async def _store_position(self, batch: _Batch) -> None:
         async with in_transaction():
             if batch.decrypted:
                 await UndecryptedEvent.filter(event_id__in=batch.decrypted).delete()
             if batch.token != self._token:
                 await _set_state(SYNC_TOKEN, batch.token)
-        self._token = batch.token
-        if batch.events:
-            self.stats.batches += 1
-            self.stats.events += len(batch.events)
 
     # -- waiting ---------------------------------------------------------------------------
 

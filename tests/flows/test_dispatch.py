@@ -138,3 +138,34 @@ async def test_a_flooding_client_is_told_once_and_every_message_is_handled(bot, 
     for _ in range(25):
         sent = await bot.say(STAFF_ROOM, STAFF, "!aide")
         assert not any("très rapidement" in m.body for m in sent)
+
+
+def test_database_outages_are_told_apart_from_handler_bugs():
+    import asyncpg
+    from tortoise.exceptions import OperationalError
+
+    from bot.dispatch import is_database_outage
+
+    lost = OperationalError("terminating connection")
+    lost.__cause__ = asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed")
+    assert is_database_outage(lost)
+    refused = OperationalError("invalid byte sequence")  # a query the database refused
+    assert not is_database_outage(refused)
+    assert not is_database_outage(ConnectionRefusedError("smtp down"))  # not the database
+
+
+async def test_a_dropped_database_connection_is_retried_not_apologised_for(bot, monkeypatch):
+    import asyncpg
+    from tortoise.exceptions import OperationalError
+
+    async def drop(ctx: Context) -> None:
+        error = OperationalError("terminating connection due to administrator command")
+        error.__cause__ = asyncpg.exceptions.AdminShutdownError("admin shutdown")
+        raise error
+
+    bot.dispatcher.router.commands.insert(0, CommandSpec(("drop",), "x", handler=drop))
+    with pytest.raises(OperationalError):
+        await bot.say(DM, ALICE, "!drop", event_id="$drop")
+    # Not marked handled, nothing said: the shell retries the batch once the database is back.
+    assert not await HandledEvent.exists(event_id="$drop")
+    assert bot.transport.sent == []
