@@ -1,3 +1,4 @@
+# ruff: noqa: ASYNC109 - deadlines across many syncs, as in bot/testing
 """Shared pieces of the benchmarks: process statistics, measured chat participants, statistics,
 PostgreSQL databases and Markdown tables.
 
@@ -105,6 +106,16 @@ class Proc:
         return self._status_kb("VmHWM") / 1024
 
 
+def system_busy() -> float:
+    """CPU seconds spent busy by the whole machine so far (all cores, from /proc/stat)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    except (OSError, ValueError, IndexError):
+        return math.nan
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
 class Watch:
     """Samples a process's RSS during a phase and its CPU time across it."""
 
@@ -139,6 +150,19 @@ class Watch:
             await asyncio.sleep(self.every)
 
 
+def raise_priority(increment: int) -> str:
+    """`os.nice(increment)` for this process and so for everything it starts afterwards
+    (Synapse, the bots, export runs): on a machine shared with other work, a negative value
+    (root only) keeps that work from being what is measured. Returns a line for the report."""
+    if not increment:
+        return f"scheduling priority: normal (nice {os.nice(0)})"
+    try:
+        now = os.nice(increment)
+    except PermissionError:
+        return f"scheduling priority: nice {increment} refused (not root), left at {os.nice(0)}"
+    return f"scheduling priority: nice {now} for Synapse, the bots and the load generator"
+
+
 # -- statistics -----------------------------------------------------------------------------
 
 
@@ -164,8 +188,11 @@ class Result:
     bot_cpu: float = 0.0
     hs_cpu: float = 0.0
     gen_cpu: float = 0.0
+    other_cpu: float = 0.0  # CPU used meanwhile by processes outside the benchmark
     notes: list[str] = field(default_factory=list)
     totals: list[float] = field(default_factory=list)  # intakes: time per whole intake
+    steps: dict[int, list[float]] = field(default_factory=dict)  # intakes: latency per step
+    steps_first: dict[int, list[float]] = field(default_factory=dict)  # first bot message
 
     @property
     def answered(self) -> int:
@@ -247,8 +274,14 @@ class Participant:
                 self._wake.set()
 
     def joined(self) -> bool:
+        # nio lists invited members in `users` too: the bot has joined once it is not only
+        # invited any more.
         room = self.client.rooms.get(self.room_id)
-        return room is not None and self.bot_user_id in room.users
+        return (
+            room is not None
+            and self.bot_user_id in room.users
+            and self.bot_user_id not in room.invited_users
+        )
 
     async def next(
         self, predicate: Callable[[Message], bool] | None = None, timeout: float = 30.0
@@ -318,9 +351,7 @@ async def make_participants(
             raise
         return Participant(client, created.room_id, bot_user_id)
 
-    participants = list(
-        await asyncio.gather(*(_limited(limit, one(i)) for i in range(count)))
-    )
+    participants = list(await asyncio.gather(*(_limited(limit, one(i)) for i in range(count))))
     for participant in participants:
         participant.start()
     deadline = time.monotonic() + join_timeout
@@ -361,6 +392,18 @@ async def drop_pg_database(name: str, admin_dsn: str = PG_ADMIN_DSN) -> None:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+async def pg_backends(name: str, admin_dsn: str = PG_ADMIN_DSN) -> list[Proc]:
+    """The PostgreSQL server processes serving database `name` (their CPU is the bot's too)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1", name)
+    finally:
+        await conn.close()
+    return [Proc(row["pid"]) for row in rows]
 
 
 def use_database(config_path: Path, url: str) -> None:

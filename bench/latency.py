@@ -1,12 +1,18 @@
+# ruff: noqa: ASYNC109, ASYNC220, ASYNC240 - a benchmark script: small blocking file reads and process starts during setup are fine
 """Answer latency of support-bot against a bare nio echo bot, on the same throwaway Synapse.
 
-    python bench/latency.py [--quick] [--db sqlite|postgres] [--markdown FILE]
+    python bench/latency.py [--quick] [--db sqlite|postgres] [--markdown FILE] [--nice -10]
 
-One run starts a Synapse (the test fixture's), then measures, one after the other and with
-the same load, (a) `bench/echo_bot.py`, the floor set by the homeserver and nio, and (b)
-support-bot as in production (`python -m bot --config … run`, its own config and database).
+One run starts a Synapse (the test fixture's) and, on it, two bots: (a) `bench/echo_bot.py`, the
+floor set by the homeserver and nio, and (b) support-bot as in production (`python -m bot
+--config … run`, its own config and database). Each bot gets its own clients, every client in
+its own direct chat with it. Both bots stay up, but only one is under load at a time: each phase
+runs for one bot, then for the other, with the same load (K=1 in 4 rounds and the open loop in
+2, echo / support-bot / support-bot / echo…, so that drift and other load on the machine hit
+both alike). On a machine busy with other work, `--nice -10` (root) keeps that work from being
+what is measured; the report shows how much CPU other processes used during each phase.
 
-Load, for each bot, every client in its own direct chat with the bot:
+Load:
 - closed loop: K clients (1, 10, 50) at once, each sending M `!aide` one after the other and
   waiting for the answer;
 - open loop: 20 clients sending 200 messages in all at a fixed 10 messages/s, not waiting;
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.metadata
 import math
 import os
@@ -32,7 +39,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +58,9 @@ from _common import (
     markdown_table,
     ms,
     percentile,
+    pg_backends,
+    raise_priority,
+    system_busy,
     use_database,
     verdict,
 )
@@ -123,6 +133,8 @@ class Target:
     is_help: Callable[[Message], bool]
     intake_needles: Sequence[str | None]
     startup: float = 0.0
+    # PostgreSQL: the database's name and the server to ask for its backends' pids.
+    pg: tuple[str, str] | None = None
 
 
 # -- the load -------------------------------------------------------------------------------
@@ -148,7 +160,7 @@ async def closed_loop(
 
     start = time.perf_counter()
     await asyncio.gather(*(worker(part) for part in parts))
-    result.wall = time.perf_counter() - start
+    result.wall += time.perf_counter() - start
 
 
 async def open_loop(
@@ -206,7 +218,7 @@ async def open_loop(
         senders.append(asyncio.create_task(send_one(parts[index % len(parts)], scheduled)))
     await asyncio.gather(*senders)
     await asyncio.gather(*collectors)
-    result.wall = last_arrival - start
+    result.wall += last_arrival - start
     late = percentile(lateness, 99)
     if late > 0.05:
         result.notes.append(f"load generator behind schedule: p99 lateness {ms(late)} ms")
@@ -232,14 +244,20 @@ async def intakes(
             sent = time.perf_counter()
             try:
                 await part.send(text)
-                arrived, event = await part.next(
-                    (lambda e, n=needle: n in e.body) if needle else None, timeout=ANSWER_TIMEOUT
-                )
+                # The first message of the bot, then (if that is not it) the one that asks the
+                # next question: the client can only go on once that one is there.
+                arrived, event = await part.next(timeout=ANSWER_TIMEOUT)
+                result.steps_first.setdefault(step + 1, []).append(arrived - sent)
+                if needle is not None and needle not in event.body:
+                    arrived, event = await part.next(
+                        lambda e, n=needle: n in e.body, timeout=ANSWER_TIMEOUT
+                    )
             except Exception as error:
                 result.errors += 1
                 result.notes.append(f"intake step {step + 1}: {type(error).__name__}: {error}")
                 return
             result.latencies.append(arrived - sent)
+            result.steps.setdefault(step + 1, []).append(arrived - sent)
         if target.name == SUPPORT and "ouvert" not in event.body and "open" not in event.body:
             result.errors += 1
             result.notes.append(f"intake did not end with an open ticket: {event.body[:80]!r}")
@@ -252,10 +270,78 @@ async def intakes(
             await one(part, index)
     else:
         await asyncio.gather(*(one(part, index) for index, part in enumerate(parts)))
-    result.wall = time.perf_counter() - start
+    result.wall += time.perf_counter() - start
 
 
-# -- one bot, every phase -------------------------------------------------------------------
+# -- both bots, every phase ----------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    """A bot under test with its clients (in direct chats with it)."""
+
+    target: Target
+    parts: list[Participant]
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    # run(target, parts, result, round index): one round of the phase for one bot
+    run: Callable[..., Awaitable[None]]
+    clients: Callable[[list[Participant]], list[Participant]]
+    rounds: int = 1
+    commands: bool = True  # an extra message after a command phase is an error
+
+
+def phases(plan: Plan) -> list[Phase]:
+    # K=1 and the open loop (the latency targets) are split in rounds, A B B A…: drift and
+    # other load on the machine hit both bots alike.
+    k1_rounds, open_rounds = 4, 2
+    out = []
+    for k, m in plan.closed:
+        rounds = k1_rounds if k == 1 else 1
+        out.append(
+            Phase(
+                f"closed K={k}",
+                lambda t, parts, r, _i, k=k, m=m, rounds=rounds: closed_loop(
+                    t, parts[:k], m // rounds, r
+                ),
+                lambda parts, k=k: parts[:k],
+                rounds,
+            )
+        )
+    n = plan.open_clients
+    out.append(
+        Phase(
+            f"open {plan.open_rate:g} msg/s",
+            lambda t, parts, r, _i: open_loop(
+                t, parts[:n], plan.open_total // open_rounds, plan.open_rate, r
+            ),
+            lambda parts: parts[:n],
+            open_rounds,
+        )
+    )
+    single, group = plan.intake_single, plan.intake_k
+    out.append(
+        Phase(
+            "intake K=1",
+            lambda t, parts, r, _i: intakes(t, parts[:single], r, one_by_one=True),
+            lambda parts: parts[:single],
+            commands=False,
+        )
+    )
+    out.append(
+        Phase(
+            f"intake K={group}",
+            lambda t, parts, r, _i: intakes(
+                t, parts[single : single + group], r, one_by_one=False
+            ),
+            lambda parts: parts[single : single + group],
+            commands=False,
+        )
+    )
+    return out
 
 
 async def settle(parts: Sequence[Participant], result: Result | None, count_extra: bool) -> None:
@@ -267,57 +353,55 @@ async def settle(parts: Sequence[Participant], result: Result | None, count_extr
         result.notes.append(f"{extra} unexpected extra message(s) after the phase")
 
 
+async def run_round(
+    phase: Phase, bench: Bench, everyone: list[Bench], hs: Proc, result: Result, index: int
+) -> None:
+    """One round of `phase` for one bot; CPU and memory are added to `result`."""
+    others = [b.target.proc for b in everyone if b is not bench]
+    database = await pg_backends(*bench.target.pg) if bench.target.pg else []
+    busy0 = system_busy()
+    others0 = sum(proc.cpu() for proc in others)
+    db0 = sum(proc.cpu() for proc in database)
+    gen0 = time.process_time()
+    async with Watch(bench.target.proc) as bot_watch, Watch(hs, every=1.0) as hs_watch:
+        await phase.run(bench.target, bench.parts, result, index)
+    gen = time.process_time() - gen0
+    db = sum(proc.cpu() for proc in database) - db0
+    ours = bot_watch.cpu + db + hs_watch.cpu + gen + sum(p.cpu() for p in others) - others0
+    result.bot_rss = max(result.bot_rss, bot_watch.rss_max)
+    result.bot_cpu += bot_watch.cpu + db
+    result.hs_cpu += hs_watch.cpu
+    result.gen_cpu += gen
+    result.other_cpu += max(0.0, system_busy() - busy0 - ours)
+    await settle(phase.clients(bench.parts), result, phase.commands)
+
+
 async def measure(
-    target: Target, parts: list[Participant], synapse: Synapse, plan: Plan, log: Callable
+    benches: list[Bench], synapse: Synapse, plan: Plan, log: Callable
 ) -> list[Result]:
     hs = Proc(synapse.process.pid)
+    # Warm-up, not measured: every client of each bot once (accounts, rows, connections).
+    for bench in benches:
+        warm = Result("warm-up", bench.target.name)
+        await closed_loop(bench.target, bench.parts, 1, warm)
+        await settle(bench.parts, warm, True)
+        if warm.errors:
+            log(f"  {bench.target.name} warm-up errors: {warm.errors} {warm.notes[:3]}")
     results: list[Result] = []
-
-    async def phase(name: str, run: Callable, chosen: Sequence[Participant], commands: bool):
-        result = Result(name, target.name)
-        gen0 = time.process_time()
-        async with Watch(target.proc) as bot_watch, Watch(hs, every=1.0) as hs_watch:
-            await run(result)
-        result.gen_cpu = time.process_time() - gen0
-        result.bot_rss, result.bot_cpu = bot_watch.rss_max, bot_watch.cpu
-        result.hs_cpu = hs_watch.cpu
-        await settle(chosen, result, commands)
-        results.append(result)
-        log(
-            f"  {target.name:11} {name:16} n={result.answered:4} p50={ms(result.p(50))} ms "
-            f"p99={ms(result.p(99))} ms {result.rate:.1f}/s errors={result.errors}"
-        )
-
-    # Warm-up, not measured: every client once.
-    warm = Result("warm-up", target.name)
-    await closed_loop(target, parts, 1, warm)
-    await settle(parts, warm, True)
-    if warm.errors:
-        log(f"  warm-up errors: {warm.errors} {warm.notes[:3]}")
-
-    for k, m in plan.closed:
-        chosen = parts[:k]
-        await phase(
-            f"closed K={k}", lambda r, c=chosen, m=m: closed_loop(target, c, m, r), chosen, True
-        )
-    chosen = parts[: plan.open_clients]
-    await phase(
-        f"open {plan.open_rate:g} msg/s",
-        lambda r: open_loop(target, chosen, plan.open_total, plan.open_rate, r),
-        chosen,
-        True,
-    )
-    singles = parts[: plan.intake_single]
-    await phase(
-        "intake K=1", lambda r: intakes(target, singles, r, one_by_one=True), singles, False
-    )
-    group = parts[plan.intake_single : plan.intake_single + plan.intake_k]
-    await phase(
-        f"intake K={plan.intake_k}",
-        lambda r: intakes(target, group, r, one_by_one=False),
-        group,
-        False,
-    )
+    for number, phase in enumerate(phases(plan)):
+        by_bot = {bench.target.name: Result(phase.name, bench.target.name) for bench in benches}
+        for index in range(phase.rounds):
+            order = benches if (number + index) % 2 == 0 else benches[::-1]
+            for bench in order:
+                await run_round(phase, bench, benches, hs, by_bot[bench.target.name], index)
+        for bench in benches:
+            result = by_bot[bench.target.name]
+            results.append(result)
+            log(
+                f"  {result.bot:11} {phase.name:16} n={result.answered:4} "
+                f"p50={ms(result.p(50))} ms p99={ms(result.p(99))} ms {result.rate:.1f}/s "
+                f"errors={result.errors} other CPU={result.other_cpu:.1f} s"
+            )
     return results
 
 
@@ -332,7 +416,8 @@ async def wait_for_line(path: Path, line: str, process: subprocess.Popen, timeou
     raise TimeoutError(f"{path.name}: not ready within {timeout} s")
 
 
-async def bench_echo(synapse: Synapse, workdir: Path, plan: Plan, log: Callable) -> dict:
+@contextlib.asynccontextmanager
+async def echo_bot(synapse: Synapse, workdir: Path, clients: int, log: Callable):
     workdir.mkdir(parents=True)
     password = "echo-" + secrets.token_hex(8)
     user_id, _ = await synapse.register(f"echobot{secrets.token_hex(3)}", password)
@@ -357,10 +442,9 @@ async def bench_echo(synapse: Synapse, workdir: Path, plan: Plan, log: Callable)
             intake_needles=(None,) * 6,
             startup=time.perf_counter() - started,
         )
-        log(f"echo bot ready in {target.startup:.2f} s; {plan.clients} clients joining…")
-        parts = await make_participants(synapse, user_id, workdir, plan.clients, prefix="ec")
-        results = await measure(target, parts, synapse, plan, log)
-        return {"results": results, "peak": target.proc.peak_mb(), "startup": target.startup}
+        log(f"echo bot ready in {target.startup:.2f} s; {clients} clients joining…")
+        parts = await make_participants(synapse, user_id, workdir, clients, prefix="ec")
+        yield Bench(target, parts)
     finally:
         await close_all(parts)
         if process.poll() is None:
@@ -372,9 +456,10 @@ async def bench_echo(synapse: Synapse, workdir: Path, plan: Plan, log: Callable)
                 process.wait()
 
 
-async def bench_support(
-    synapse: Synapse, workdir: Path, plan: Plan, db: str, pg_dsn: str, log: Callable
-) -> dict:
+@contextlib.asynccontextmanager
+async def support_bot(
+    synapse: Synapse, workdir: Path, clients: int, db: str, pg_dsn: str, log: Callable
+):
     workdir.mkdir(parents=True)
     bot: RunningBot = await make_running_bot(synapse, workdir, extra_toml=BENCH_EXTRA_TOML)
     pg_name = None
@@ -392,11 +477,11 @@ async def bench_support(
             is_help=lambda e: any(marker in e.body for marker in HELP_MARKERS),
             intake_needles=INTAKE_NEEDLES,
             startup=time.perf_counter() - started,
+            pg=(pg_name, pg_dsn) if pg_name else None,
         )
-        log(f"support-bot ready in {target.startup:.2f} s ({db}); {plan.clients} clients…")
-        parts = await make_participants(synapse, bot.bot_user_id, workdir, plan.clients, prefix="sb")
-        results = await measure(target, parts, synapse, plan, log)
-        return {"results": results, "peak": target.proc.peak_mb(), "startup": target.startup}
+        log(f"support-bot ready in {target.startup:.2f} s ({db}); {clients} clients joining…")
+        parts = await make_participants(synapse, bot.bot_user_id, workdir, clients, prefix="sb")
+        yield Bench(target, parts)
     finally:
         await close_all(parts)
         await bot.stop()
@@ -412,11 +497,18 @@ def ratio(a: float, b: float) -> float:
     return a / b if b and not math.isnan(a) and not math.isnan(b) else math.nan
 
 
-def report(echo: dict, support: dict, plan: Plan, args: argparse.Namespace, wall: float) -> str:
-    by = {(r.phase, r.bot): r for r in [*echo["results"], *support["results"]]}
-    phases = [r.phase for r in echo["results"]]
+def report(
+    results: list[Result],
+    info: dict[str, dict[str, float]],
+    plan: Plan,
+    args: argparse.Namespace,
+    wall: float,
+    load: tuple[float, float],
+) -> str:
+    by = {(r.phase, r.bot): r for r in results}
+    names = list(dict.fromkeys(r.phase for r in results))
     rows = []
-    for name in phases:
+    for name in names:
         for bot in (ECHO, SUPPORT):
             r = by.get((name, bot))
             if r is None:
@@ -436,26 +528,41 @@ def report(echo: dict, support: dict, plan: Plan, args: argparse.Namespace, wall
                     f"{r.bot_cpu:.2f}",
                     f"{r.hs_cpu:.2f}",
                     f"{r.gen_cpu:.2f}",
+                    f"{r.other_cpu:.2f}",
                 )
             )
+    k1 = f"closed K={plan.closed[0][0]}"
+    open_name = f"open {plan.open_rate:g} msg/s"
     out = [
         "# support-bot latency benchmark",
         "",
-        f"- machine: {machine()}",
-        f"- Synapse {importlib.metadata.version('matrix-synapse')}, matrix-nio "
-        f"{importlib.metadata.version('matrix-nio')}; support-bot database: {args.db}",
+        f"- machine: {machine()}; load average before the run {load[0]:.2f}, after {load[1]:.2f}",
+        f"- Synapse {importlib.metadata.version('matrix-synapse')} (the test fixture: SQLite, "
+        f"rate limits off), matrix-nio {importlib.metadata.version('matrix-nio')}; "
+        f"support-bot database: {args.db}"
+        + (
+            " (support-bot's CPU includes its PostgreSQL server processes)"
+            if args.db == "postgres"
+            else ""
+        ),
         f"- plan: {'quick' if args.quick else 'full'}: closed loop "
         + ", ".join(f"K={k}×M={m}" for k, m in plan.closed)
         + f"; open loop {plan.open_clients} clients, {plan.open_total} messages at "
-        f"{plan.open_rate:g}/s; intakes K=1 ×{plan.intake_single}, K={plan.intake_k}",
-        f"- bot start to ready: echo {echo['startup']:.2f} s, support-bot "
-        f"{support['startup']:.2f} s; peak RSS over the run (VmHWM): echo "
-        f"{echo['peak']:.0f} MB, support-bot {support['peak']:.0f} MB",
-        f"- total run time {wall:.0f} s",
+        f"{plan.open_rate:g}/s; intakes K=1 ×{plan.intake_single} one after the other, "
+        f"K={plan.intake_k} at once. {k1} runs in 4 rounds and the open loop in 2, "
+        "echo / support-bot / support-bot / echo…; the other phases alternate which bot goes "
+        "first.",
+        f"- start to ready: echo {info[ECHO]['startup']:.2f} s, support-bot "
+        f"{info[SUPPORT]['startup']:.2f} s; peak RSS over the run (VmHWM): echo "
+        f"{info[ECHO]['peak']:.0f} MB, support-bot {info[SUPPORT]['peak']:.0f} MB",
+        f"- total run time {wall:.0f} s; {args.priority}",
         "",
-        "Latency in ms from the client's send to the answer in its own sync; intake rows count "
-        "each of the 6 steps. RSS = largest sampled RSS of the bot during the phase; CPU = CPU "
-        "seconds used during the phase by the bot, Synapse (HS) and the load generator (gen).",
+        "Latency in ms from just before the client's send to the answer in the client's own "
+        "sync; intake rows count each of the 6 steps. RSS = largest sampled RSS of the bot "
+        "during the phase. CPU = CPU seconds used during the phase by the bot, Synapse (HS), "
+        "the load generator (gen) and by every other process of the machine (other: load "
+        "that is not part of the benchmark; when it is large, the phase measured a shared "
+        "machine).",
         "",
         markdown_table(
             (
@@ -472,6 +579,7 @@ def report(echo: dict, support: dict, plan: Plan, args: argparse.Namespace, wall
                 "bot CPU s",
                 "HS CPU s",
                 "gen CPU s",
+                "other CPU s",
             ),
             rows,
         ),
@@ -479,18 +587,20 @@ def report(echo: dict, support: dict, plan: Plan, args: argparse.Namespace, wall
         "## support-bot / echo",
         "",
     ]
-    for name in phases:
+    for name in names:
         e, s = by.get((name, ECHO)), by.get((name, SUPPORT))
         if e is None or s is None:
             continue
         out.append(
             f"- {name}: p50 ×{ratio(s.p(50), e.p(50)):.2f}, p99 ×{ratio(s.p(99), e.p(99)):.2f}, "
-            f"answers/s ×{ratio(s.rate, e.rate):.2f}, "
-            f"CPU per answer {1000 * ratio(s.bot_cpu, s.answered):.1f} ms vs "
-            f"{1000 * ratio(e.bot_cpu, e.answered):.1f} ms"
+            f"answers/s ×{ratio(s.rate, e.rate):.2f}; CPU per answer: bot "
+            f"{1000 * ratio(s.bot_cpu, s.answered):.1f} ms vs "
+            f"{1000 * ratio(e.bot_cpu, e.answered):.1f} ms, Synapse "
+            f"{1000 * ratio(s.hs_cpu, s.answered):.1f} ms vs "
+            f"{1000 * ratio(e.hs_cpu, e.answered):.1f} ms"
         )
 
-    echo_rtt = by[("closed K=1", ECHO)].p(50)
+    echo_rtt = by[(k1, ECHO)].p(50)
     budget = 6.5 * echo_rtt
     out += ["", "## Full intakes (6 steps, to a confirmed ticket)", ""]
     for name in ("intake K=1", f"intake K={plan.intake_k}"):
@@ -504,18 +614,35 @@ def report(echo: dict, support: dict, plan: Plan, args: argparse.Namespace, wall
                     f"p50 {ms(percentile(r.totals, 50))}, p90 {ms(percentile(r.totals, 90))}, "
                     f"max {ms(max(r.totals))}"
                 )
-            out.append(f"- {name}, {bot}: per-intake total ms: {totals or 'none completed'}")
+            steps = " / ".join(ms(percentile(r.steps.get(i, []), 50)) for i in range(1, 7))
+            first = " / ".join(ms(percentile(r.steps_first.get(i, []), 50)) for i in range(1, 7))
+            out.append(
+                f"- {name}, {bot}: per-intake total ms: {totals or 'none completed'}; "
+                f"p50 per step 1-6 (the next question): {steps}; (the bot's first message): "
+                f"{first}"
+            )
     out.append(
         f"- budget 6.5 × one echo round trip at K=1 (p50 {ms(echo_rtt)} ms) = {ms(budget)} ms"
     )
 
-    # Targets.
     checks: list[tuple[str, bool, str]] = []
-    for name in ("closed K=1", f"open {plan.open_rate:g} msg/s"):
+    for name in (k1, open_name):
         e, s = by[(name, ECHO)], by[(name, SUPPORT)]
         r50, r99 = ratio(s.p(50), e.p(50)), ratio(s.p(99), e.p(99))
-        checks.append((f"{name}: p50 ≤ 1.15 × echo", r50 <= 1.15, f"×{r50:.2f}"))
-        checks.append((f"{name}: p99 ≤ 1.3 × echo", r99 <= 1.3, f"×{r99:.2f}"))
+        checks.append(
+            (
+                f"{name}: p50 ≤ 1.15 × echo",
+                r50 <= 1.15,
+                f"{ms(s.p(50))} vs {ms(e.p(50))} ms (×{r50:.2f})",
+            )
+        )
+        checks.append(
+            (
+                f"{name}: p99 ≤ 1.3 × echo",
+                r99 <= 1.3,
+                f"{ms(s.p(99))} vs {ms(e.p(99))} ms (×{r99:.2f})",
+            )
+        )
     k_max = max(k for k, _ in plan.closed)
     e, s = by[(f"closed K={k_max}", ECHO)], by[(f"closed K={k_max}", SUPPORT)]
     r = ratio(s.rate, e.rate)
@@ -526,14 +653,14 @@ def report(echo: dict, support: dict, plan: Plan, args: argparse.Namespace, wall
             f"{s.rate:.1f} vs {e.rate:.1f}/s (×{r:.2f})",
         )
     )
-    errors = sum(r.errors for r in support["results"])
+    errors = sum(r.errors for r in results if r.bot == SUPPORT)
     checks.append(("support-bot: 0 errors", errors == 0, f"{errors} error(s)"))
     single = by[("intake K=1", SUPPORT)]
     worst = max(single.totals, default=math.nan)
     checks.append(
         (
             "full intake at K=1 ≤ 6.5 × echo round trip",
-            not math.isnan(worst) and worst <= budget,
+            not math.isnan(worst) and worst <= budget and not single.errors,
             f"slowest of {len(single.totals)}: {ms(worst)} ms, median "
             f"{ms(percentile(single.totals, 50))} ms vs {ms(budget)} ms",
         )
@@ -542,12 +669,12 @@ def report(echo: dict, support: dict, plan: Plan, args: argparse.Namespace, wall
         "",
         "## Targets",
         "",
-        markdown_table(("target", "result", "measured"), [(n, verdict(ok), v) for n, ok, v in checks]),
+        markdown_table(
+            ("target", "result", "measured"), [(n, verdict(ok), v) for n, ok, v in checks]
+        ),
     ]
     notes = [
-        f"- {r.bot}, {r.phase}: " + "; ".join(sorted(set(r.notes))[:5])
-        for r in [*echo["results"], *support["results"]]
-        if r.notes
+        f"- {r.bot}, {r.phase}: " + "; ".join(sorted(set(r.notes))[:5]) for r in results if r.notes
     ]
     if notes:
         out += ["", "## Notes", "", *notes]
@@ -561,6 +688,7 @@ async def amain(args: argparse.Namespace) -> int:
     plan = QUICK if args.quick else FULL
     workdir = Path(tempfile.mkdtemp(prefix="support-bot-bench-"))
     began = time.perf_counter()
+    load_before = os.getloadavg()[0]
 
     def log(text: str) -> None:
         print(f"[{time.perf_counter() - began:6.1f} s] {text}", file=sys.stderr, flush=True)
@@ -569,11 +697,22 @@ async def amain(args: argparse.Namespace) -> int:
     synapse = await Synapse.astart(workdir / "synapse")
     try:
         log(f"Synapse at {synapse.base_url}")
-        echo = await bench_echo(synapse, workdir / "echo", plan, log)
-        support = await bench_support(synapse, workdir / "support", plan, args.db, args.pg_dsn, log)
+        async with (
+            echo_bot(synapse, workdir / "echo", plan.clients, log) as echo,
+            support_bot(
+                synapse, workdir / "support", plan.clients, args.db, args.pg_dsn, log
+            ) as support,
+        ):
+            results = await measure([echo, support], synapse, plan, log)
+            info = {
+                b.target.name: {"startup": b.target.startup, "peak": b.target.proc.peak_mb()}
+                for b in (echo, support)
+            }
     finally:
         await synapse.astop()
-    text = report(echo, support, plan, args, time.perf_counter() - began)
+    text = report(
+        results, info, plan, args, time.perf_counter() - began, (load_before, os.getloadavg()[0])
+    )
     print(text)
     if args.markdown:
         Path(args.markdown).write_text(text)
@@ -597,7 +736,17 @@ def main() -> int:
     )
     parser.add_argument("--markdown", metavar="FILE", help="also write the report there")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, databases)")
-    return asyncio.run(amain(parser.parse_args()))
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the benchmark (Synapse, bots, clients) at this nice increment, e.g. -10 on a "
+        "machine busy with other work (negative values need root)",
+    )
+    args = parser.parse_args()
+    args.priority = raise_priority(args.nice)
+    return asyncio.run(amain(args))
 
 
 if __name__ == "__main__":
