@@ -77,6 +77,7 @@ from handlers.common import (
     client_ticket,
     client_translator,
     refresh_card,
+    staff_private,
     staff_ticket,
 )
 
@@ -788,18 +789,6 @@ async def cancel_call(
 # --- staff commands --------------------------------------------------------------------------
 
 
-def _staff_private(ctx: Context) -> bool:
-    if ctx.in_staff_room:
-        return True
-    services = ctx.services
-    try:
-        members = services.transport.joined_members(ctx.room_id)
-    except Exception:  # the room may not be synced yet
-        return False
-    others = members - {services.bot_user_id()}
-    return bool(members) and all(services.is_staff_user(user) for user in others)
-
-
 @router.command(
     "slots",
     "creneaux",
@@ -807,7 +796,7 @@ def _staff_private(ctx: Context) -> bool:
     staff=True,
 )
 async def show_slots(ctx: Context) -> None:
-    if not _staff_private(ctx):
+    if not staff_private(ctx):
         raise DomainError(Msg(NOT_HERE))
     tr = ctx.tr
     bookings = (

@@ -103,6 +103,20 @@ async def tell_client(ctx: Context, ticket: Ticket, msg: Msg) -> None:
         ctx.send(ticket.room_id, text)
 
 
+def staff_private(ctx: Context) -> bool:
+    """The staff room, or a room whose members are all staff (and the bot): where other
+    clients' requests may be shown."""
+    if ctx.in_staff_room:
+        return True
+    services = ctx.services
+    try:
+        members = services.transport.joined_members(ctx.room_id)
+    except Exception:  # the room may not be synced yet
+        return False
+    others = members - {services.bot_user_id()}
+    return bool(members) and all(services.is_staff_user(user) for user in others)
+
+
 def bridged_nick(client_key: str, room_id: str) -> str | None:
     """The nickname of a bridged client ("bridge:<room id>:<nick>"; room ids contain colons)."""
     prefix = f"bridge:{room_id}:"

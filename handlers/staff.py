@@ -60,6 +60,7 @@ from handlers.common import (
     card_parts,
     change,
     refresh_card,
+    staff_private,
     staff_ticket,
     tell_client,
 )
@@ -383,21 +384,8 @@ async def _locked(ticket_id: int) -> Ticket:
     return await Ticket.filter(id=ticket_id).select_for_update().get()
 
 
-def _staff_private(ctx: Context) -> bool:
-    """The staff room, or a room whose members are all staff (and the bot)."""
-    if ctx.in_staff_room:
-        return True
-    services = ctx.services
-    try:
-        members = services.transport.joined_members(ctx.room_id)
-    except Exception:  # the room may not be synced yet
-        return False
-    others = members - {services.bot_user_id()}
-    return bool(members) and all(services.is_staff_user(user) for user in others)
-
-
 def _require_room(ctx: Context, ticket: Ticket | None = None) -> None:
-    if _staff_private(ctx) or (ticket is not None and ticket.room_id == ctx.room_id):
+    if staff_private(ctx) or (ticket is not None and ticket.room_id == ctx.room_id):
         return
     raise DomainError(Msg(NOT_HERE))
 
