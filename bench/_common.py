@@ -15,6 +15,7 @@ import contextlib
 import math
 import os
 import secrets
+import signal
 import sys
 import time
 from collections import deque
@@ -161,6 +162,16 @@ def raise_priority(increment: int) -> str:
     except PermissionError:
         return f"scheduling priority: nice {increment} refused (not root), left at {os.nice(0)}"
     return f"scheduling priority: nice {now} for Synapse, the bots and the load generator"
+
+
+def cancel_on_signals() -> None:
+    """SIGTERM or SIGINT cancel the calling task, so that its `finally` blocks stop the bots,
+    close the clients and stop Synapse instead of leaving them running."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
 
 
 # -- statistics -----------------------------------------------------------------------------

@@ -50,6 +50,7 @@ from _common import (
     Proc,
     Result,
     Watch,
+    cancel_on_signals,
     close_all,
     create_pg_database,
     drop_pg_database,
@@ -685,6 +686,7 @@ def report(
 
 
 async def amain(args: argparse.Namespace) -> int:
+    cancel_on_signals()
     plan = QUICK if args.quick else FULL
     workdir = Path(tempfile.mkdtemp(prefix="support-bot-bench-"))
     began = time.perf_counter()

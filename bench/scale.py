@@ -36,6 +36,7 @@ from _common import (
     PG_ADMIN_DSN,
     Participant,
     Proc,
+    cancel_on_signals,
     close_all,
     create_pg_database,
     drop_pg_database,
@@ -395,6 +396,7 @@ def run_export(config: Path, out: Path) -> dict[str, float]:
 
 
 async def amain(args: argparse.Namespace) -> int:
+    cancel_on_signals()
     began = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="support-bot-scale-"))
     load_before = os.getloadavg()[0]
