@@ -128,11 +128,20 @@ class RunningBot:
         return client, room_id
 
     async def wait_joined(self, client: AsyncClient, room_id: str, timeout: float = 30) -> None:
+        """Sync `client` until the bot is a *joined* member of `room_id`.
+
+        nio's `room.users` also holds invited members: an invited bot is not joined yet (it
+        cannot read the room, and an encrypted room's keys shared then may miss its device).
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             await sync_once(client, timeout=0.5)
             room = client.rooms.get(room_id)
-            if room is not None and self.bot_user_id in room.users:
+            if (
+                room is not None
+                and self.bot_user_id in room.users
+                and self.bot_user_id not in room.invited_users
+            ):
                 return
         raise TimeoutError(f"the bot did not join {room_id}")
 
