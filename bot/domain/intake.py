@@ -1017,8 +1017,13 @@ def extract_email(text: str) -> str | None:
     labels = ascii_domain.split(".")
     if len(labels) < 2 or not all(_DOMAIN_LABEL.fullmatch(label) for label in labels):
         return None
-    top = labels[-1]
-    if not (top.isalpha() or top.startswith("xn--")) or len(top) < 2:
+    # The top-level label is letters, in whatever script ("fr", "рф", "xn--p1ai"): checked in
+    # its Unicode form, since the IDNA form of an odd character ("¡" → "xn--7a") looks fine.
+    try:
+        top = labels[-1].encode("ascii").decode("idna")
+    except UnicodeError:
+        return None
+    if not top.isalpha() or len(labels[-1]) < 2:
         return None
     return f"{local}@{domain.rstrip('.').lower()}"
 
