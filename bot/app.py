@@ -266,6 +266,7 @@ async def run_bot(
             registry=metrics.registry,
             on_confirmed=on_confirmed,
             clock=clock,
+            sync_state=shell.sync_state,
         )
         web_runner = await start_web(web, config.web.listen)
         await shell.start()

@@ -21,12 +21,24 @@ MAX_ATTEMPTS = 6
 
 
 class Deliverer:
+    """Sends the outbox, one worker task per room.
+
+    Rooms never wait for each other: a slow send in one room (a busy homeserver, an upload)
+    does not hold back the answer in another. Inside a room, one worker sends the rows in
+    their order; rows written while it works are picked up by the same worker, so a room
+    never has two senders and its order is kept."""
+
     def __init__(self, transport: Transport, clock: Callable[[], datetime]):
         self.transport = transport
         self.clock = clock
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._workers: dict[str, asyncio.Task[int]] = {}
+        self._more: set[str] = set()  # rooms with rows written while their worker ran
+        # Rows this process has sent recently: a pass that read the table just before a
+        # worker marked a row sent must not send it again.
+        self._recent: dict[str, None] = {}
         self.sent = 0
 
     def wake(self) -> None:
@@ -44,6 +56,11 @@ class Deliverer:
                 await asyncio.wait_for(self._task, timeout=10)
             except TimeoutError:
                 self._task.cancel()
+        workers = list(self._workers.values())
+        if workers:
+            _, late = await asyncio.wait(workers, timeout=10)
+            for task in late:
+                task.cancel()
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -53,31 +70,70 @@ class Deliverer:
                 pass  # periodic sweep: rows left by a crash or a failed attempt
             self._wake.clear()
             try:
-                await self.deliver_pending()
+                await self._start_workers()
             except Exception:
                 log.exception("outbox delivery pass failed")
                 await asyncio.sleep(1 + random.random())
 
     async def deliver_pending(self) -> int:
-        """One pass over every pending row; returns how many were sent."""
+        """Send every pending row and wait until they are all out; returns how many were
+        sent (used by tests and one-shot tools; the running bot only starts workers)."""
+        before = self.sent
+        while True:
+            more = await self._start_workers()
+            workers = list(self._workers.values())
+            if workers:
+                await asyncio.gather(*workers, return_exceptions=True)
+            if not more and not workers:
+                return self.sent - before
+
+    async def _start_workers(self) -> bool:
+        """Read the pending rows and give each room without a worker one; True when more
+        rows than one read were pending."""
         rows = await OutboxItem.filter(sent_at=None, failed=False).order_by("id").limit(500)
-        if not rows:
-            return 0
         by_room: dict[str, list[OutboxItem]] = defaultdict(list)
         for row in rows:
-            by_room[row.room_id].append(row)
-        counts = await asyncio.gather(*(self._deliver_room(items) for items in by_room.values()))
+            if row.txn_id not in self._recent:
+                by_room[row.room_id].append(row)
+        for room_id, items in by_room.items():
+            if room_id in self._workers:
+                self._more.add(room_id)
+                continue
+            task = asyncio.create_task(self._room_worker(room_id, items), name="outbox-room")
+            self._workers[room_id] = task
         if len(rows) == 500:
             self.wake()
-        return sum(counts)
+            return True
+        return False
 
-    async def _deliver_room(self, items: list[OutboxItem]) -> int:
+    async def _room_worker(self, room_id: str, items: list[OutboxItem]) -> int:
         sent = 0
-        for item in items:
-            if not await self._deliver(item):
-                break  # keep the room's order: later rows wait for this one
-            sent += 1
-        return sent
+        try:
+            while True:
+                for item in items:
+                    if item.txn_id in self._recent:
+                        continue
+                    if not await self._deliver(item):
+                        return sent  # keep the room's order: later rows wait for this one
+                    sent += 1
+                if room_id not in self._more or self._stopping:
+                    return sent
+                self._more.discard(room_id)
+                items = await OutboxItem.filter(
+                    room_id=room_id, sent_at=None, failed=False
+                ).order_by("id")
+        except Exception:
+            log.exception("outbox delivery to %s failed", room_id)
+            self.wake()  # the rows stay pending: the next pass retries them
+            return sent
+        finally:
+            self._workers.pop(room_id, None)
+            self._more.discard(room_id)
+
+    def _remember(self, txn_id: str) -> None:
+        self._recent[txn_id] = None
+        if len(self._recent) > 5000:
+            del self._recent[next(iter(self._recent))]
 
     async def _deliver(self, item: OutboxItem) -> bool:
         delay = 0.5
@@ -106,9 +162,16 @@ class Deliverer:
                 await asyncio.sleep(min(wait, 60))
                 delay = min(delay * 2, 30)
                 continue
+            self._remember(item.txn_id)
             item.sent_at = self.clock()
             item.event_id = event_id
-            await item.save(update_fields=["sent_at", "event_id"])
+            try:
+                await item.save(update_fields=["sent_at", "event_id"])
+            except BaseException:
+                # Not marked: the row stays pending and is sent again (same transaction id,
+                # deduplicated by the homeserver) so that its after-send hook runs.
+                self._recent.pop(item.txn_id, None)
+                raise
             await self._after_sent(item, event_id)
             self.sent += 1
             return True

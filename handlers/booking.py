@@ -934,6 +934,7 @@ async def _direct_room(ctx: Context, user_id: str) -> str:
     state = await BotState.get_or_none(key=key)
     if state is not None:
         try:
+            await transport.ensure_room(state.value)
             present = user_id in transport.joined_members(state.value)
         except Exception:
             present = False

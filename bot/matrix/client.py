@@ -5,6 +5,9 @@ How a sync becomes a batch, and why:
 - The sync token is ours, stored in `BotState("sync_token")` **after** `on_batch` returned for
   the events of that sync (nio's own token storage is off). A crash or an exception in
   `on_batch` means the same events come again; the dispatcher de-duplicates by event id.
+  While messages keep coming, the position is written at most once a second (and at stop):
+  a crash replays at most that second of handled events, which the dispatcher skips, and
+  the write stays off the path of each answer.
 - First start (no stored token): one sync, its token stored, nothing handled: the bot does not
   answer history. Invites found in that sync are still accepted or declined.
 - Every sync asks for `sync_timeline_limit` events per room with lazy-loaded members; a room
@@ -43,7 +46,6 @@ from nio import (
     DirectRoomsResponse,
     Event,
     InviteMemberEvent,
-    JoinedMembersResponse,
     JoinResponse,
     KeysClaimResponse,
     KeysUploadResponse,
@@ -58,6 +60,7 @@ from nio import (
     UnknownAccountDataEvent,
     WhoamiResponse,
 )
+from nio.store import DefaultStore
 from tortoise.transactions import in_transaction
 
 from bot.config import Config
@@ -78,6 +81,7 @@ log = logging.getLogger(__name__)
 
 # BotState keys.
 SYNC_TOKEN = "sync_token"
+POSITION_EVERY = 1.0  # seconds between two writes of the sync position while busy
 ACCESS_TOKEN = "access_token"
 DEVICE_ID = "device_id"
 DEVICE_USER = "device_user_id"  # whose device the two rows above describe
@@ -87,6 +91,10 @@ SYNC_TIMEOUT_MS = 30_000
 REQUEST_TIMEOUT = 60.0
 # Longest wait for a sync answer beyond its long-poll time (an initial sync can be slow).
 FULL_SYNC_TIMEOUT = 120.0
+# /healthz says "stalled" when neither a sync answer nor a handled batch came for this long:
+# a long poll returns within the sync timeout, so this is a stuck loop or a homeserver that
+# has been unreachable for minutes, not a quiet afternoon.
+STALL_SECONDS = 180.0
 GAP_PAGE = 100
 # A room whose gap is larger than this (the bot was away for long in a busy room) is only
 # partly replayed: the newest events, never an unbounded walk back.
@@ -134,6 +142,7 @@ class ShellStats:
     invites_declined: int = 0
     undecryptable: int = 0
     late_decrypted: int = 0
+    last_progress: float | None = None  # time.monotonic() of the last sync answer or commit
 
 
 @dataclass(slots=True)
@@ -149,6 +158,22 @@ class _Invite:
     inviter: str
     is_direct: bool
     attempts: int = 0
+
+
+class _Store(DefaultStore):
+    """nio's store, except that the list of encrypted rooms is written only when it grows:
+    nio rewrites it after every sync that touches an encrypted room, a blocking SQLite write
+    (about 1 ms) on the path of every answer."""
+
+    _saved_rooms: set[str] | None = None
+
+    def save_encrypted_rooms(self, rooms: Iterable[str]) -> None:
+        if self._saved_rooms is None:
+            self._saved_rooms = set(self.load_encrypted_rooms())
+        new = set(rooms) - self._saved_rooms
+        if new:
+            super().save_encrypted_rooms(new)
+            self._saved_rooms |= new
 
 
 class _CountingClient(AsyncClient):
@@ -197,7 +222,10 @@ class MatrixShell:
         self._idle = asyncio.Event()
         self._idle.set()
         self._token: str | None = None
-        self._full_state = True
+        self._stored_token: str | None = None
+        self._stored_at = float("-inf")  # time.monotonic() of the last position write
+        self._position_task: asyncio.Task[None] | None = None
+        self._first_sync = True  # answered at once (no long poll), to be ready quickly
         self._pending: _Batch | None = None
         self._invites: dict[str, _Invite] = {}  # pending: accepted or declined each sync
         self._undecrypted_due = True
@@ -249,6 +277,7 @@ class MatrixShell:
             max_timeouts=0,
             max_limit_exceeded=0,
             request_timeout=REQUEST_TIMEOUT,
+            store=_Store,
         )
         self._client = _CountingClient(
             matrix.homeserver, matrix.user_id, store_path=str(store), config=client_config
@@ -257,9 +286,14 @@ class MatrixShell:
             await self._forget_other_account()
             await self._retry("login", self._login)
             await self._retry("key upload", self._upload_keys)
-            self._token = await _get_state(SYNC_TOKEN)
+            self._token = self._stored_token = await _get_state(SYNC_TOKEN)
             await self._retry("direct rooms", self._load_direct_rooms)
             self.staff_room_id = await self._retry("staff room", self._join_staff_room)
+            # Its power levels say who is staff: read before any event is handled.
+            staff_room = self.staff_room_id
+            await self._retry(
+                "staff room state", lambda: self._nio_transport.load_room(staff_room)
+            )
             batch = await self._next_batch()
             if self._token is None:
                 # First start: remember where "now" is; history is not answered.
@@ -296,8 +330,18 @@ class MatrixShell:
             await asyncio.wait_for(self._idle.wait(), timeout=grace)
         except TimeoutError:
             log.warning("the current batch did not finish within %.0f s", grace)
+        await self._flush_position()
         if self._client is not None:
             await self._client.close()
+
+    def sync_state(self, now: float | None = None) -> str:
+        """For /healthz: "starting" before the first sync answer, "stalled" when the loop has
+        not moved for STALL_SECONDS (stuck on a batch, or the homeserver unreachable), "ok"."""
+        last = self.stats.last_progress
+        if last is None:
+            return "starting"
+        now = time.monotonic() if now is None else now
+        return "stalled" if now - last > STALL_SECONDS else "ok"
 
     async def import_keys(self, path: str | Path, passphrase: str) -> None:
         """Import room keys exported by another client; kept undecryptable events are retried
@@ -481,14 +525,16 @@ class MatrixShell:
             if self._stopping.is_set():
                 raise _Stopped
             try:
-                # nio puts no client-side timeout on a full-state sync: bound it here.
+                # No full-state sync, even at start: with hundreds of rooms it takes seconds
+                # and the bot needs the state of the rooms it acts in only, which it reads
+                # then (`_complete_rooms`, `NioTransport.ensure_room`). nio puts no client-side
+                # timeout on a first sync: bound it here.
                 response = await self._unless_stopped(
                     asyncio.wait_for(
                         client.sync(
-                            timeout=0 if self._full_state else self._sync_timeout_ms,
+                            timeout=0 if self._first_sync else self._sync_timeout_ms,
                             sync_filter=self._sync_filter,
                             since=since,
-                            full_state=self._full_state or None,
                         ),
                         timeout=self._sync_timeout_ms / 1000 + FULL_SYNC_TIMEOUT,
                     )
@@ -501,7 +547,8 @@ class MatrixShell:
             else:
                 if isinstance(response, SyncResponse):
                     self.stats.syncs += 1
-                    self._full_state = False
+                    self.stats.last_progress = time.monotonic()
+                    self._first_sync = False
                     return response
                 error = error_from_response(response, "sync")
             failures += 1
@@ -781,7 +828,7 @@ class MatrixShell:
         while True:
             try:
                 if batch.events:
-                    await self._sync_members({event.room_id for event in batch.events})
+                    await self._complete_rooms({event.room_id for event in batch.events})
                     await self._on_batch(list(batch.events))
                 await self._commit(batch)
                 return
@@ -798,38 +845,65 @@ class MatrixShell:
                 )
                 await self._sleep(delay)
 
-    async def _sync_members(self, room_ids: Iterable[str]) -> None:
-        """Complete the member lists (lazy loading leaves them partial) of rooms in a batch."""
-        client = self._nio()
+    async def _complete_rooms(self, room_ids: Iterable[str]) -> None:
+        """Read the whole state of the rooms of a batch that nio only knows in part.
+
+        Syncs are lazy (members) and incremental (no full state at start): a room seen for
+        the first time since the process started lacks its creation event, its power levels
+        or its member list. One `/state` request per such room, once per process."""
         for room_id in room_ids:
-            room = client.rooms.get(room_id)
-            if room is None or room.members_synced:
-                continue
             try:
-                await call(
-                    f"members of {room_id}",
-                    lambda room_id=room_id: client.joined_members(room_id),
-                    expect=JoinedMembersResponse,
-                )
+                await self._nio_transport.ensure_room(room_id)
             except TransportError as error:
-                log.debug("member list of %s not loaded: %s", room_id, error)
+                log.debug("state of %s not loaded: %s", room_id, error)
 
     async def _commit(self, batch: _Batch) -> None:
-        # In a task of its own: if the database drops the connection mid-transaction, Tortoise
-        # can leave its "current transaction" marker set in the task that opened it, and the
-        # sync task would then carry a dead connection into every later batch.
-        await asyncio.create_task(self._store_position(batch))
+        """The batch is handled: sync on from its token, and store it (now, or within
+        POSITION_EVERY seconds when the last write is more recent than that)."""
+        if batch.decrypted or time.monotonic() - self._stored_at >= POSITION_EVERY:
+            await self._store_now(batch.token, batch.decrypted)
+        elif self._position_task is None:
+            self._position_task = asyncio.create_task(self._store_later())
         self._token = batch.token
+        self.stats.last_progress = time.monotonic()
         if batch.events:
             self.stats.batches += 1
             self.stats.events += len(batch.events)
 
-    async def _store_position(self, batch: _Batch) -> None:
+    async def _store_now(self, token: str, decrypted: Sequence[str] = ()) -> None:
+        # In a task of its own: if the database drops the connection mid-transaction, Tortoise
+        # can leave its "current transaction" marker set in the task that opened it, and the
+        # sync task would then carry a dead connection into every later batch.
+        await asyncio.create_task(self._store_position(token, decrypted))
+
+    async def _store_later(self) -> None:
+        try:
+            await asyncio.sleep(max(0.0, self._stored_at + POSITION_EVERY - time.monotonic()))
+            if self._token is not None:
+                await self._store_position(self._token, ())
+        except Exception as error:  # the next batch stores it
+            log.warning("storing the sync position failed: %s", type(error).__name__)
+        finally:
+            self._position_task = None
+
+    async def _flush_position(self) -> None:
+        task, self._position_task = self._position_task, None
+        if task is not None:
+            task.cancel()
+        if self._token is not None and self._token != self._stored_token:
+            try:
+                await self._store_position(self._token, ())
+            except Exception as error:  # replayed (and skipped) at the next start
+                log.warning("storing the sync position failed: %s", type(error).__name__)
+
+    async def _store_position(self, token: str, decrypted: Sequence[str]) -> None:
         async with in_transaction():
-            if batch.decrypted:
-                await UndecryptedEvent.filter(event_id__in=batch.decrypted).delete()
-            if batch.token != self._token:
-                await _set_state(SYNC_TOKEN, batch.token)
+            if decrypted:
+                await UndecryptedEvent.filter(event_id__in=list(decrypted)).delete()
+            if token != self._stored_token:
+                await _set_state(SYNC_TOKEN, token)
+        self._stored_token = token
+        self._stored_at = time.monotonic()
 
     # -- waiting ---------------------------------------------------------------------------
 

@@ -112,6 +112,10 @@ class Transport(Protocol):
 
     async def invite(self, room_id: str, user_id: str) -> None: ...
 
+    async def ensure_room(self, room_id: str) -> None:
+        """Know the room's state and whole member list (read it once if needed), so that
+        `joined_members` and the other local reads are right for a room not seen lately."""
+
     def joined_members(self, room_id: str) -> set[str]: ...
 
     def power_level(self, room_id: str, user_id: str) -> int: ...
@@ -387,8 +391,10 @@ class NioTransport:
         return None if client is None else client.rooms.get(room_id)
 
     async def ensure_room(self, room_id: str) -> None:
-        """Make nio know `room_id` (state, members, encryption) before the next sync does."""
-        if room_id not in self._nio().rooms:
+        """Make nio know `room_id` (state, members, encryption) before the next sync does, or
+        complete a room syncs showed only in part (lazy members, no full state at start)."""
+        room = self._nio().rooms.get(room_id)
+        if room is None or not room.members_synced:
             await self.load_room(room_id)
 
     async def load_room(self, room_id: str, *, encrypted: bool = False) -> None:

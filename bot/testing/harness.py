@@ -153,6 +153,9 @@ class RecordingTransport:
         self.invites.append((room_id, user_id))
         self.members.setdefault(room_id, {self._bot}).add(user_id)
 
+    async def ensure_room(self, room_id: str) -> None:
+        return None  # everything is known here
+
     def joined_members(self, room_id: str) -> set[str]:
         return set(self.members.get(room_id, {self._bot}))
 

@@ -2,7 +2,10 @@
 
 Routes:
 
-* `GET /healthz` — 200 `{"status": "ok", "db": "ok"}`, or 503 when the database does not answer;
+* `GET /healthz` — 200 `{"status": "ok", "db": "ok", "matrix": "ok"}`; 503 when the database
+  does not answer (`"db": "error"`) or the sync loop has not moved for minutes
+  (`"matrix": "stalled"`: stuck on a batch, or the homeserver unreachable). `"matrix"` is
+  `"starting"` until the first sync answer (still 200: the process is up);
 * `GET /metrics` — Prometheus text from the registry passed in (nothing global);
 * `GET /confirm/{token}` — the consent page, or a page saying why the link cannot be used;
   never changes anything (mail scanners and link previews open links);
@@ -95,7 +98,9 @@ class _Web:
         registry: CollectorRegistry,
         on_confirmed: OnConfirmed,
         clock: Callable[[], datetime],
+        sync_state: Callable[[], str] | None,
     ) -> None:
+        self.sync_state = sync_state
         self.config = config
         self.catalogs = catalogs
         self.registry = registry
@@ -134,12 +139,14 @@ def build_web_app(
     registry: CollectorRegistry,
     on_confirmed: OnConfirmed,
     clock: Callable[[], datetime],
+    sync_state: Callable[[], str] | None = None,
 ) -> web.Application:
-    """The aiohttp application. Its metrics are registered in `registry` (once per app)."""
+    """The aiohttp application. Its metrics are registered in `registry` (once per app).
+    `sync_state` tells /healthz how the Matrix sync loop is ("ok", "starting", "stalled")."""
     if not config.web.secret:
         raise ValueError("web.secret is required: it signs the confirmation links")
     app = web.Application(client_max_size=_MAX_BODY, middlewares=[_count_requests])
-    app[_WEB] = _Web(config, catalogs, registry, on_confirmed, clock)
+    app[_WEB] = _Web(config, catalogs, registry, on_confirmed, clock, sync_state)
     app.on_response_prepare.append(_security_headers)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
@@ -181,13 +188,20 @@ async def _security_headers(request: web.Request, response: StreamResponse) -> N
 
 
 async def _healthz(request: web.Request) -> web.Response:
+    state = request.app[_WEB]
+    body = {"status": "ok", "db": "ok"}
+    if state.sync_state is not None:
+        body["matrix"] = state.sync_state()
     try:
         async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
             await connections.get("default").execute_query("SELECT 1")
     except Exception as exc:  # any failure means "not healthy", with its kind in the log
         log.warning("healthz: database check failed (%s)", type(exc).__name__)
-        return web.json_response({"status": "error", "db": "error"}, status=503)
-    return web.json_response({"status": "ok", "db": "ok"})
+        body["db"] = "error"
+    if body["db"] != "ok" or body.get("matrix") == "stalled":
+        body["status"] = "error"
+        return web.json_response(body, status=503)
+    return web.json_response(body)
 
 
 async def _metrics(request: web.Request) -> web.Response:

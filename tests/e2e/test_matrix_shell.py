@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,7 @@ import pytest_asyncio
 from nio import AsyncClient, RoomGetStateEventResponse
 
 from bot.config import Config, MatrixConfig
-from bot.matrix.client import MatrixShell
+from bot.matrix.client import STALL_SECONDS, MatrixShell
 from bot.matrix.inbound import Incoming, IncomingText
 from bot.storage.db import close_db, open_db
 from bot.storage.models import BotState, UndecryptedEvent
@@ -229,7 +230,9 @@ async def test_history_ignored_then_answers_and_restart_resumes_on_same_device(
     await wait_for_message(
         alice, created.room_id, lambda m: m.body == "echo: while the bot was stopped"
     )
-    assert (await BotState.get(key="sync_token")).value != token.value
+    async with asyncio.timeout(5):  # stored once `on_batch` has returned (after the echo)
+        while (await BotState.get(key="sync_token")).value == token.value:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
     texts = bot.echo.texts()
     assert texts.count("while the bot was stopped") == 1
     assert texts.count("hello, right after the invite") == 1
@@ -440,6 +443,7 @@ async def test_outage_is_bounded_by_backoff_and_the_bot_resumes(tmp_path: Path, 
         await wait_for_message(alice, room_id, lambda m: m.body == "echo: before the outage")
 
         await synapse.astop()
+        outage = time.monotonic()
         before = shell.requests
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -451,6 +455,9 @@ async def test_outage_is_bounded_by_backoff_and_the_bot_resumes(tmp_path: Path, 
         assert 1 <= during <= 5
         # The long poll in flight when the server went away failed too (sent before `before`).
         assert during <= shell.stats.sync_failures <= during + 1
+        # /healthz: a few seconds down is not a stall; minutes without a sync answer are.
+        assert shell.sync_state() == "ok"
+        assert shell.sync_state(now=outage + STALL_SECONDS + 1) == "stalled"
 
         synapse = await Synapse.astart(tmp_path / "hs", port=synapse.port)
         discard_messages(alice)
@@ -459,6 +466,7 @@ async def test_outage_is_bounded_by_backoff_and_the_bot_resumes(tmp_path: Path, 
             alice, room_id, lambda m: m.body == "echo: after the outage", timeout=30
         )
         assert bot.echo.texts() == ["before the outage", "after the outage"]
+        assert shell.sync_state(now=outage + STALL_SECONDS + 1) == "ok"  # moving again
     finally:
         if bot is not None:
             await bot.stop()

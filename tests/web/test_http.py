@@ -32,6 +32,7 @@ STAFF = "@bob:test.example"
 class Server:
     base: str
     registry: CollectorRegistry
+    sync: dict[str, str]  # what the Matrix sync loop reports to /healthz
 
 
 @pytest_asyncio.fixture
@@ -55,17 +56,19 @@ async def server(db_url: str) -> AsyncIterator[Server]:
         raise AssertionError("nothing is confirmed here")
 
     registry = CollectorRegistry()
+    sync = {"state": "ok"}
     app = build_web_app(
         config=config,
         catalogs=Catalogs.load(),
         registry=registry,
         on_confirmed=on_confirmed,
         clock=lambda: NOW,
+        sync_state=lambda: sync["state"],
     )
     runner = await start_web(app, config.web.listen)
     host, port = runner.addresses[0][:2]
     try:
-        yield Server(f"http://{host}:{port}", registry)
+        yield Server(f"http://{host}:{port}", registry, sync)
     finally:
         await stop_web(runner)
         await close_db()
@@ -81,7 +84,16 @@ async def test_healthz_reports_the_database(server: Server) -> None:
     status, body, headers = await get(f"{server.base}/healthz")
     assert status == 200
     assert headers["Content-Type"].startswith("application/json")
-    assert body == b'{"status": "ok", "db": "ok"}'
+    assert body == b'{"status": "ok", "db": "ok", "matrix": "ok"}'
+
+
+async def test_healthz_is_503_when_the_sync_loop_is_stalled(server: Server) -> None:
+    server.sync["state"] = "starting"  # the process is up, the first sync not answered yet
+    status, body, _ = await get(f"{server.base}/healthz")
+    assert (status, body) == (200, b'{"status": "ok", "db": "ok", "matrix": "starting"}')
+    server.sync["state"] = "stalled"
+    status, body, _ = await get(f"{server.base}/healthz")
+    assert (status, body) == (503, b'{"status": "error", "db": "ok", "matrix": "stalled"}')
 
 
 async def test_metrics_are_prometheus_text_from_the_given_registry(server: Server) -> None:
