@@ -42,8 +42,9 @@ Scenarios (each with a bot, a database and accounts of its own; one final line e
 
 How replies are counted ("answer groups"): after a run, each client's room is read from the
 homeserver (`/messages`, from the beginning). The bot's messages between the client's message i
-and message i+1 answer message i; the expected number is 2 for the first answer (welcome +
-category question), 2 for the confirmation ("thank you" + the ticket), 1 for the others.
+and message i+1 answer message i; the expected number is 1 for every step (the bot answers
+each step with one message: welcome and first question, or thank-you and the ticket, are
+paragraphs of the same message).
 Fewer = lost, more = duplicated. The bot's database is checked too: the `handled_event` row
 of every client message, its `outbox_item` rows (txn ids `sb<sha256(event id)[:24]>-n`) —
 exactly the expected rows in the client's room (plus the staff card for the confirmation), all
@@ -106,9 +107,8 @@ Q_INSTANCE = "adresse de votre LimeSurvey"
 Q_CHANNEL = "mode d’assistance"
 Q_EMAIL = "À quelle adresse e-mail"
 STEPS = 6
-# The bot's messages in the client's room answering each step: welcome + question, then one
-# each, and "thank you, recording it" + the ticket for the confirmation.
-EXPECTED_REPLIES = (2, 1, 1, 1, 1, 2)
+# The bot's messages in the client's room answering each step: one each.
+EXPECTED_REPLIES = (1, 1, 1, 1, 1, 1)
 # The confirmation also posts the ticket's card in the staff room.
 EXPECTED_STAFF = (0, 0, 0, 0, 0, 1)
 APOLOGY_MARKERS = ("Sorry, something went wrong", "Désolé, une erreur s’est produite")

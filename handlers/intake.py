@@ -338,18 +338,24 @@ async def _advance(ctx: Context, conv: Conversation, text: str) -> None:
 
 
 async def _apply(ctx: Context, conv: Conversation | None, transition: Transition) -> None:
-    """Save the new state, answer, then run the effects (whose answers follow)."""
+    """Save the new state, answer, then run the effects (whose answers follow).
+
+    The client gets one message per step: the step's replies (a welcome and the first
+    question, a thank-you and the opened ticket) are paragraphs of the same message, so the
+    client never waits for a second message to arrive to know what to answer."""
     await _save(ctx, conv, transition.intake)
     log.debug("intake in %s now at %s", ctx.room_id, transition.intake.step.value)
-    for msg in transition.replies:
-        # The summary and some explanations echo what the client typed: defused, so a
-        # "@room" or a matrix.to link in a description notifies nobody.
-        ctx.reply(defuse(ctx.render(msg)))
+    # The summary and some explanations echo what the client typed: defused, so a
+    # "@room" or a matrix.to link in a description notifies nobody.
+    paragraphs = [defuse(ctx.render(msg)) for msg in transition.replies]
     for effect in transition.effects:
         if isinstance(effect, OpenRequest):
-            await _open_request(ctx, effect)
+            await _open_request(ctx, effect, before=paragraphs)
+            paragraphs = []
         elif isinstance(effect, AddToTicket):
             await _add_to_ticket(ctx, effect)
+    if paragraphs:
+        ctx.reply("\n\n".join(paragraphs))
 
 
 async def _save(ctx: Context, conv: Conversation | None, intake: Intake) -> None:
@@ -372,7 +378,8 @@ async def _save(ctx: Context, conv: Conversation | None, intake: Intake) -> None
         raise DomainError(Msg(CONFLICT))
 
 
-async def _open_request(ctx: Context, effect: OpenRequest) -> None:
+async def _open_request(ctx: Context, effect: OpenRequest, *, before: list[str]) -> None:
+    """Open the ticket; `before`: paragraphs the client's answer starts with."""
     services = ctx.services
     kind, channel = Kind(effect.kind.value), Channel(effect.channel)
     prefix = getattr(services.config.service, _PREFIX_FIELD[kind])
@@ -416,7 +423,7 @@ async def _open_request(ctx: Context, effect: OpenRequest) -> None:
     ]
     if first_request:
         lines.append(Msg(TERMS, {"url": services.config.service.terms_url}))
-    ctx.reply("\n\n".join(ctx.render(line) for line in lines))
+    ctx.reply("\n\n".join([*before, *(ctx.render(line) for line in lines)]))
     if kind is Kind.TICKET and channel in _CALLS:
         await _offer_slots(ctx, ticket, offer)
 
@@ -546,6 +553,10 @@ async def _private_room(ctx: Context, client: Client) -> str:
     transport = ctx.services.transport
     room_id = client.private_room_id
     if room_id is not None:
+        try:
+            await transport.ensure_room(room_id)
+        except TransportError:
+            log.info("state of the private room not read (%s)", room_id)
         if ctx.sender.user_id not in transport.joined_members(room_id):
             try:  # they left, or have not accepted yet (the server then refuses: fine)
                 await transport.invite(room_id, ctx.sender.user_id)

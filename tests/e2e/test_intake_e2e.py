@@ -28,6 +28,8 @@ FR_QUESTIONS = {
     "channel": "Quel mode d’assistance préférez-vous",
     "email": "À quelle adresse e-mail pouvons-nous vous contacter",
 }
+FR_THANKS = "Merci ! J’enregistre votre demande."
+EN_THANKS = "Thank you! I am registering your request."
 REF = re.compile(r"\bSP-\d{4}-\d{4}\b")
 TIMEOUT = 30
 
@@ -53,13 +55,16 @@ async def staff_card(bot: RunningBot, ref: str):
 
 async def test_full_intake_in_french_opens_a_ticket_and_posts_the_card(running_bot):
     client, dm = await running_bot.new_client("alice")
-    await ask(client, dm, running_bot, DESCRIPTION_FR, FR_QUESTIONS["category"])
+    first = await ask(client, dm, running_bot, DESCRIPTION_FR, FR_QUESTIONS["category"])
+    assert first.body.startswith("Bonjour !")  # one message: the welcome, then the question
     await ask(client, dm, running_bot, "5", FR_QUESTIONS["instance"])
     await ask(client, dm, running_bot, INSTANCE, FR_QUESTIONS["channel"])
     await ask(client, dm, running_bot, "1", FR_QUESTIONS["email"])
     summary = await ask(client, dm, running_bot, "alice@example.org", "alice@example.org")
     assert DESCRIPTION_FR in summary.body
     opened = await ask(client, dm, running_bot, "oui", "SP-")
+    # One message: the thank-you, then the opened ticket.
+    assert opened.body.startswith(f"{FR_THANKS}\n\nVotre ticket SP-")
     ref = REF.search(opened.body).group(0)
     assert ref.endswith("-0001")
     assert " à 18:00" in opened.body
@@ -77,6 +82,7 @@ async def test_full_intake_in_english(running_bot):
     await ask(client, dm, running_bot, "messaging", "Which e-mail address")
     await ask(client, dm, running_bot, "bob@example.org", "Here is your request:")
     opened = await ask(client, dm, running_bot, "yes", "Your ticket SP-")
+    assert opened.body.startswith(f"{EN_THANKS}\n\nYour ticket SP-")
     assert re.search(r"by \w+day, \w+ \d{1,2}, \d{4} at 6:00 PM at the latest", opened.body)
     assert "A member of the support team will answer you here" in opened.body
     await staff_card(running_bot, REF.search(opened.body).group(0))
@@ -124,17 +130,19 @@ async def test_bridged_intake_through_a_bridge_account(synapse, tmp_path):
             return await ask(bridge, room, bot, f"[nctalk] <Alice> {text}", "Alice: ", *expected)
 
         first = await alice(DESCRIPTION_FR, FR_QUESTIONS["category"])
-        assert first.body.startswith("Alice: ")
+        # The welcome and the question: one message, addressed once.
+        assert first.body.startswith("Alice: Bonjour !") and first.body.count("Alice: ") == 1
         assert "formatted_body" not in first.source["content"]  # plain text for the bridge
         # Bob, behind the same bridge account, is a conversation of his own.
         bob = await ask(bridge, room, bot, "[nctalk] <Bob> Bonjour", "Bob: ")
-        assert bob.body.startswith("Bob: ")
+        assert bob.body.startswith("Bob: Bonjour !") and bob.body.count("Bob: ") == 1
         await alice("5", FR_QUESTIONS["instance"])
         await alice("!passer", FR_QUESTIONS["channel"])
         await alice("1", FR_QUESTIONS["email"])
         await alice("alice@example.org", "alice@example.org")
         opened = await alice("oui", "SP-")
-        assert opened.body.startswith("Alice: ") and " à 18:00" in opened.body
+        assert opened.body.startswith(f"Alice: {FR_THANKS}\n\nVotre ticket SP-")
+        assert opened.body.count("Alice: ") == 1 and " à 18:00" in opened.body
         card = await staff_card(bot, REF.search(opened.body).group(0))
         assert "Alice" in card.body
     finally:

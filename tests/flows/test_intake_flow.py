@@ -47,6 +47,8 @@ EN_INSTANCE_QUESTION = "What is the address of your LimeSurvey"
 EN_CHANNEL_QUESTION = "How would you like to be helped?"
 EN_EMAIL_QUESTION = "Which e-mail address can we use to contact you?"
 EN_SUMMARY = "Here is your request:"
+EN_THANKS = "Thank you! I am registering your request."
+FR_THANKS = "Merci ! J’enregistre votre demande."
 
 
 @pytest.fixture
@@ -66,6 +68,18 @@ def bodies(sent) -> list[str]:
 
 def joined(sent) -> str:
     return "\n".join(bodies(sent))
+
+
+def only(sent, room=DM) -> str:
+    """The body of the one message a step sent to `room`: each reply of the step is one
+    of its paragraphs (a welcome and the first question, a thank-you and the opened ticket)."""
+    messages = here(sent, room)
+    assert len(messages) == 1, bodies(messages)
+    return messages[0].body
+
+
+def paragraphs(body: str) -> list[str]:
+    return body.split("\n\n")
 
 
 async def answer_all(bot, room, sender, answers):
@@ -98,9 +112,10 @@ async def open_ticket(bot, room=DM, sender=ALICE, **kwargs) -> Ticket:
 
 async def test_full_intake_in_french(bot):
     sent = await bot.say(DM, ALICE, DESCRIPTION_FR)
-    assert "Bonjour !" in sent[0].body
-    assert FR_CATEGORY_QUESTION in sent[-1].body
-    assert "1. " in sent[-1].body and "10. " in sent[-1].body
+    welcome, question = paragraphs(only(sent))  # one message: the welcome, then the question
+    assert "Bonjour !" in welcome
+    assert FR_CATEGORY_QUESTION in question
+    assert "1. " in question and "10. " in question
     sent = await bot.say(DM, ALICE, "5")
     assert FR_INSTANCE_QUESTION in sent[-1].body
     sent = await bot.say(DM, ALICE, INSTANCE)
@@ -114,8 +129,10 @@ async def test_full_intake_in_french(bot):
 
     sent = await bot.say(DM, ALICE, "oui")
     client_messages = [m for m in sent if m.room_id == DM]
-    assert client_messages[0].body == "Merci ! J’enregistre votre demande."
-    opened = client_messages[1].body
+    # One answer: the thank-you and the opened ticket are paragraphs of the same message.
+    assert len(client_messages) == 1
+    opened = client_messages[0].body
+    assert opened.startswith("Merci ! J’enregistre votre demande.\n\nVotre ticket SP-2026-0001")
     assert "SP-2026-0001" in opened
     assert "mardi 29 décembre 2026 à 18:00" in opened
     assert "https://support.sondages.pro/conditions" in opened  # first ticket: the terms
@@ -155,15 +172,17 @@ async def test_full_intake_in_french(bot):
 async def test_full_intake_in_english_and_remembered_email(bot):
     sent = await bot.say(DM, ALICE, "!lang en")
     sent = await bot.say(DM, ALICE, DESCRIPTION_EN)
-    assert sent[0].body.startswith("Hello! I will ask you a few questions")
-    assert EN_CATEGORY_QUESTION in sent[-1].body
+    welcome, question = paragraphs(only(sent))  # one message: the welcome, then the question
+    assert welcome.startswith("Hello! I will ask you a few questions")
+    assert EN_CATEGORY_QUESTION in question
     await answer_all(bot, DM, ALICE, ["data", INSTANCE, "messaging"])
     sent = await bot.say(DM, ALICE, "alice@example.org")
     assert sent[-1].body.startswith(EN_SUMMARY)
     sent = await bot.say(DM, ALICE, "y")
-    assert here(sent)[0].body == "Thank you! I am registering your request."
-    opened = here(sent)[1].body
-    assert "Your ticket SP-2026-0001 is open." in opened
+    # One message: the thank-you, then the opened ticket.
+    opened = only(sent)
+    assert paragraphs(opened)[0] == EN_THANKS
+    assert opened.startswith(f"{EN_THANKS}\n\nYour ticket SP-2026-0001 is open.")
     assert "Tuesday, December 29, 2026 at 6:00 PM" in opened
     assert "A member of the support team will answer you here before that date." in opened
     assert "!status SP-2026-0001" in opened
@@ -177,51 +196,54 @@ async def test_full_intake_in_english_and_remembered_email(bot):
     assert "alice@example.org" in sent[-1].body
     sent = await bot.say(DM, ALICE, "yes")
     assert EN_SUMMARY in sent[-1].body
-    sent = here(await bot.say(DM, ALICE, "yes"))
-    assert "SP-2026-0002" in sent[1].body
-    assert "service terms" not in sent[1].body
+    opened = only(await bot.say(DM, ALICE, "yes"))
+    assert opened.startswith(f"{EN_THANKS}\n\nYour ticket SP-2026-0002 is open.")
+    assert "service terms" not in opened
 
 
 async def test_every_wrong_answer_is_explained_and_the_question_asked_again(bot):
     await bot.say(DM, ALICE, "!lang en")
     sent = await bot.say(DM, ALICE, "Hi")
-    assert "at least 20 characters" in sent[-1].body
+    welcome, question = paragraphs(only(sent))
+    assert welcome.startswith("Hello!")
+    assert "at least 20 characters" in question
     sent = await bot.say(DM, ALICE, "it is about my survey")
     assert EN_CATEGORY_QUESTION in sent[-1].body
 
-    sent = await bot.say(DM, ALICE, "banana")
-    assert bodies(sent)[0] == "That is not one of the categories."
-    assert EN_CATEGORY_QUESTION in sent[1].body
-    sent = await bot.say(DM, ALICE, "!skip")
-    assert bodies(sent)[0] == "This question cannot be skipped."
-    assert EN_CATEGORY_QUESTION in sent[1].body
+    # Each time one message: the explanation, then the same question.
+    why, question = only(await bot.say(DM, ALICE, "banana")).split("\n\n", 1)
+    assert why == "That is not one of the categories."
+    assert EN_CATEGORY_QUESTION in question
+    why, question = only(await bot.say(DM, ALICE, "!skip")).split("\n\n", 1)
+    assert why == "This question cannot be skipped."
+    assert EN_CATEGORY_QUESTION in question
     sent = await bot.say(DM, ALICE, "1")
     assert EN_INSTANCE_QUESTION in sent[-1].body
 
-    sent = await bot.say(DM, ALICE, "survey.example.org")
-    assert "https://survey.example.org" in sent[0].body
-    assert EN_INSTANCE_QUESTION in sent[1].body
+    why, question = only(await bot.say(DM, ALICE, "survey.example.org")).split("\n\n", 1)
+    assert "https://survey.example.org" in why
+    assert EN_INSTANCE_QUESTION in question
     sent = await bot.say(DM, ALICE, INSTANCE)
     assert EN_CHANNEL_QUESTION in sent[-1].body
 
-    sent = await bot.say(DM, ALICE, "carrier pigeon")
-    assert bodies(sent)[0] == "That is not one of the ways we can help."
-    assert EN_CHANNEL_QUESTION in sent[1].body
+    why, question = only(await bot.say(DM, ALICE, "carrier pigeon")).split("\n\n", 1)
+    assert why == "That is not one of the ways we can help."
+    assert EN_CHANNEL_QUESTION in question
     sent = await bot.say(DM, ALICE, "1")
     assert EN_EMAIL_QUESTION in sent[-1].body
 
-    sent = await bot.say(DM, ALICE, "alice at example")
-    assert "does not look like an e-mail address" in sent[0].body
-    assert EN_EMAIL_QUESTION in sent[1].body
+    why, question = only(await bot.say(DM, ALICE, "alice at example")).split("\n\n", 1)
+    assert "does not look like an e-mail address" in why
+    assert EN_EMAIL_QUESTION in question
     sent = await bot.say(DM, ALICE, "alice@example.org")
     assert EN_SUMMARY in sent[-1].body
 
-    sent = await bot.say(DM, ALICE, "maybe")
-    assert bodies(sent)[0] == "Please answer yes or no."
-    assert EN_SUMMARY in sent[1].body
+    why, summary = only(await bot.say(DM, ALICE, "maybe")).split("\n\n", 1)
+    assert why == "Please answer yes or no."
+    assert EN_SUMMARY in summary
     # Nothing given was lost on the way.
-    assert "it is about my survey" in sent[1].body
-    assert "alice@example.org" in sent[1].body
+    assert "it is about my survey" in summary
+    assert "alice@example.org" in summary
 
     # "no" goes back to a step, then to the summary again.
     sent = await bot.say(DM, ALICE, "no")
@@ -230,8 +252,9 @@ async def test_every_wrong_answer_is_explained_and_the_question_asked_again(bot)
     assert EN_CHANNEL_QUESTION in sent[-1].body
     sent = await bot.say(DM, ALICE, "intervention")
     assert EN_SUMMARY in sent[-1].body
-    sent = here(await bot.say(DM, ALICE, "yes"))
-    assert "A member of the support team will estimate the work" in sent[1].body
+    opened = only(await bot.say(DM, ALICE, "yes"))
+    assert opened.startswith(f"{EN_THANKS}\n\nYour ticket SP-2026-0001 is open.")
+    assert "A member of the support team will estimate the work" in opened
     ticket = await Ticket.get(ref="SP-2026-0001")
     assert (ticket.channel, ticket.status) == ("intervention", "awaiting_estimate")
 
@@ -247,7 +270,9 @@ async def test_feasibility_question_and_quote_request(bot, category, ref, kind, 
     await bot.say(DM, ALICE, "!lang en")
     await to_confirm(bot, category=category)
     sent = await bot.say(DM, ALICE, "yes")
-    opened = here(sent)[1].body
+    opened = only(sent)  # the thank-you, then the registered request
+    assert paragraphs(opened)[0] == EN_THANKS
+    assert ref in paragraphs(opened)[1]
     assert ref in opened and next_step in opened
     assert "Tuesday, December 29, 2026 at 6:00 PM" in opened
     ticket = await Ticket.get(ref=ref)
@@ -262,17 +287,20 @@ async def test_video_ticket_mentions_slots_and_has_three_business_days(bot):
     await bot.say(DM, ALICE, "!lang en")
     await to_confirm(bot, channel="video")
     sent = here(await bot.say(DM, ALICE, "yes"))
-    assert "SP-2026-0001" in sent[1].body
-    assert "call slots" in sent[1].body
-    assert "Wednesday, December 30, 2026 at 6:00 PM" in sent[1].body
+    opened = sent[0].body  # the thank-you and the opened ticket: one message
+    assert opened.startswith(f"{EN_THANKS}\n\nYour ticket SP-2026-0001 is open.")
+    assert "call slots" in opened
+    assert "Wednesday, December 30, 2026 at 6:00 PM" in opened
     ticket = await Ticket.get(ref="SP-2026-0001")
     assert ticket.channel == "video"
     assert ticket.sla_due == datetime(2026, 12, 30, 17, 0, tzinfo=UTC)
     booking = pytest.importorskip("handlers.booking")
     if hasattr(booking, "offer_slots"):
-        assert "I will now offer you call slots." in sent[1].body
-        assert len(sent) == 3 and "SP-2026-0001" in sent[2].body  # the offer comes next
+        assert "I will now offer you call slots." in opened
+        assert len(sent) == 2 and "SP-2026-0001" in sent[1].body  # the offer: a message of its own
         assert await SlotOffer.filter(ticket=ticket, active=True).exists()
+    else:
+        assert len(sent) == 1
 
 
 async def test_a_failing_slot_offer_does_not_lose_the_ticket(bot, monkeypatch):
@@ -287,9 +315,11 @@ async def test_a_failing_slot_offer_does_not_lose_the_ticket(bot, monkeypatch):
     await bot.say(DM, ALICE, "!lang en")
     await to_confirm(bot, channel="phone")
     sent = here(await bot.say(DM, ALICE, "yes"))
-    assert "SP-2026-0001" in sent[1].body
+    # The opened ticket (one message with the thank-you), then the fallback of its own.
+    assert len(sent) == 2, bodies(sent)
+    assert sent[0].body.startswith(f"{EN_THANKS}\n\nYour ticket SP-2026-0001 is open.")
     assert sent[-1].body == "The support team will offer you call slots shortly."
-    assert "half-written offer" not in bodies(sent)
+    assert not any("half-written offer" in body for body in bodies(sent))
     assert await Ticket.filter(ref="SP-2026-0001", channel="phone").exists()
     assert not await SlotOffer.all().exists()  # rolled back to the savepoint
 
@@ -398,12 +428,12 @@ async def test_open_ticket_asks_related_or_new_and_both_answers_work(bot):
 
     sent = await bot.say(DM, ALICE, "Another thing: my theme looks broken on mobile.")
     assert "You already have an open ticket" in sent[-1].body
-    sent = await bot.say(DM, ALICE, "2")
-    assert sent[0].body == "All right, a new request."
-    assert EN_CATEGORY_QUESTION in sent[-1].body
+    reply, question = only(await bot.say(DM, ALICE, "2")).split("\n\n", 1)
+    assert reply == "All right, a new request."
+    assert EN_CATEGORY_QUESTION in question
     await answer_all(bot, DM, ALICE, ["theme", "!skip", "1", "yes"])
-    sent = here(await bot.say(DM, ALICE, "yes"))
-    assert "SP-2026-0002" in sent[1].body
+    opened = only(await bot.say(DM, ALICE, "yes"))
+    assert opened.startswith(f"{EN_THANKS}\n\nYour ticket SP-2026-0002 is open.")
     second = await Ticket.get(ref="SP-2026-0002")
     assert second.description == "Another thing: my theme looks broken on mobile."
 
@@ -411,9 +441,9 @@ async def test_open_ticket_asks_related_or_new_and_both_answers_work(bot):
 async def test_new_skips_the_related_question(bot):
     await bot.say(DM, ALICE, "!lang en")
     await open_ticket(bot)
-    sent = await bot.say(DM, ALICE, "!new")
-    assert sent[0].body.startswith("Hello!")
-    assert "describe the problem" in sent[-1].body
+    welcome, question = paragraphs(only(await bot.say(DM, ALICE, "!new")))
+    assert welcome.startswith("Hello!")
+    assert "describe the problem" in question
     sent = await bot.say(DM, ALICE, "!nouveau Exports to SPSS crash with a timeout error.")
     assert EN_CATEGORY_QUESTION in sent[-1].body
 
@@ -505,7 +535,8 @@ async def test_restart_in_the_middle_resumes_at_the_same_step(bot):
     await bot.say(DM, ALICE, "alice@example.org")
     await bot.restart()
     sent = here(await bot.say(DM, ALICE, "oui"))
-    assert "SP-2026-0001" in sent[1].body
+    # The thank-you and the opened ticket are one message (a slot offer may follow).
+    assert sent[0].body.startswith(f"{FR_THANKS}\n\nVotre ticket SP-2026-0001 est ouvert.")
     ticket = await Ticket.get(ref="SP-2026-0001")
     assert ticket.description == DESCRIPTION_FR and ticket.channel == "video"
 
@@ -572,7 +603,10 @@ async def test_bridged_intake_addresses_the_nickname_in_plain_text(bridged):
     sent = await talk(bridged, "Alice", DESCRIPTION_FR)
     assert sent and all(m.body.startswith("Alice: ") for m in sent)
     assert all("formatted_body" not in m.content for m in sent)
-    assert FR_CATEGORY_QUESTION in sent[-1].body
+    # One message, addressed once: the welcome, then the question.
+    first = only(sent, TALK)
+    assert first.startswith("Alice: Bonjour !") and first.count("Alice: ") == 1
+    assert FR_CATEGORY_QUESTION in paragraphs(first)[1]
     for text in ("5", "!passer", "1", "alice@example.org"):
         sent = await talk(bridged, "Alice", text)
         assert all(m.body.startswith("Alice: ") for m in sent)
@@ -580,8 +614,11 @@ async def test_bridged_intake_addresses_the_nickname_in_plain_text(bridged):
     in_room = [m for m in sent if m.room_id == TALK]
     assert all(m.body.startswith("Alice: ") for m in in_room)
     assert all("formatted_body" not in m.content for m in in_room)
-    assert "SP-2026-0001" in in_room[1].body
-    assert "mardi 29 décembre 2026 à 18:00" in in_room[1].body
+    opened = only(sent, TALK)  # the thank-you and the opened ticket, addressed once
+    assert opened.startswith(f"Alice: {FR_THANKS}\n\nVotre ticket SP-2026-0001 est ouvert.")
+    assert opened.count("Alice: ") == 1
+    assert "SP-2026-0001" in opened
+    assert "mardi 29 décembre 2026 à 18:00" in opened
     ticket = await Ticket.get(ref="SP-2026-0001").prefetch_related("client")
     assert ticket.client.key == f"bridge:{TALK}:Alice"
     assert ticket.room_id == TALK and ticket.instance_url is None
