@@ -7,6 +7,7 @@ Schema changes go through migrations in `bot/storage/migrations` (Tortoise's bui
 from __future__ import annotations
 
 from tortoise import fields
+from tortoise.indexes import Index
 from tortoise.models import Model
 
 
@@ -162,6 +163,9 @@ class TicketNote(Model):
 
     class Meta:
         table = "ticket_note"
+        # Tortoise (like PostgreSQL) does not index a foreign key by itself; the per-ticket
+        # lookups of notes, time logs, audit entries and bookings need one (migration 0002).
+        indexes = (Index(fields=("ticket_id",), name="idx_ticket_note_ticket_id"),)
 
 
 class TimeLog(Model):
@@ -176,6 +180,7 @@ class TimeLog(Model):
 
     class Meta:
         table = "time_log"
+        indexes = (Index(fields=("ticket_id",), name="idx_time_log_ticket_id"),)
 
 
 # Every state change of a ticket: who, when, from → to, why.
@@ -193,6 +198,7 @@ class AuditEntry(Model):
 
     class Meta:
         table = "audit_entry"
+        indexes = (Index(fields=("ticket_id",), name="idx_audit_entry_ticket_id"),)
 
 
 # Reactions the bot acted on, so that their redaction can be undone after a restart.
@@ -228,6 +234,7 @@ class Booking(Model):
 
     class Meta:
         table = "booking"
+        indexes = (Index(fields=("ticket_id",), name="idx_booking_ticket_id"),)
 
 
 class Reminder(Model):

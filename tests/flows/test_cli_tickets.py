@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,7 +18,7 @@ from bot import cli_tickets
 from bot.config import Config, parse_config
 from bot.storage import repo
 from bot.storage.db import close_db, open_db
-from bot.storage.models import Client, Ticket, TimeLog
+from bot.storage.models import Booking, Client, Ticket, TimeLog
 
 PARIS = ZoneInfo("Europe/Paris")
 CREATED = datetime(2026, 11, 10, 9, 30, tzinfo=PARIS)
@@ -220,3 +221,133 @@ async def test_client_erase(seeded: Config, capsys: pytest.CaptureFixture[str]) 
     out = capsys.readouterr().out
     assert "Problem of" not in out and "alice" not in out.lower()
     assert "[erased]" in out and "cli  erased" in out
+
+
+# --- export with bookings: same JSON as one `active_booking` per ticket, constant queries -----
+
+
+async def _book(ticket: Ticket, start: datetime, **fields: Any) -> Booking:
+    return await Booking.create(
+        ticket=ticket,
+        staff=fields.pop("staff", STAFF),
+        start=start,
+        end=start + timedelta(minutes=45),
+        provider=fields.pop("provider", "jitsi"),
+        created_at=CREATED,
+        **fields,
+    )
+
+
+async def _add_bookings(config: Config) -> None:
+    """Bookings covering what `active_booking` decides: the latest start wins, cancelled ones
+    never count, equal starts go to the highest id; tickets with none stay without."""
+    await open_db(config.database.url)
+    try:
+        await _write_bookings()
+    finally:
+        await close_db()
+
+
+async def _write_bookings() -> None:
+    first = await Ticket.get(ref="SP-2026-0001")
+    second = await Ticket.get(ref="SP-2026-0002")
+    cancelled = await Ticket.get(ref="SP-2026-0003")
+    later = CREATED + timedelta(days=3)
+    await _book(first, CREATED + timedelta(days=1), staff="@early:sondages.pro")
+    await _book(first, later, staff="@tie-low:sondages.pro")
+    await _book(first, later, staff="@tie-high:sondages.pro", provider="bigbluebutton")
+    await _book(first, later + timedelta(days=1), status=repo.CANCELLED_BOOKING)
+    await _book(second, CREATED + timedelta(days=2), provider=None)
+    await _book(cancelled, CREATED, status=repo.CANCELLED_BOOKING)
+
+
+async def _export_as_before(config: Config) -> list[dict[str, Any]]:
+    """The export as it was written first: one `repo.active_booking` query per ticket."""
+    tz = ZoneInfo(config.service.timezone)
+    await open_db(config.database.url)
+    try:
+        tickets = await Ticket.all().select_related("client").order_by("created_at", "id")
+        return [
+            repo.ticket_to_json(t, booking=await repo.active_booking(t), tz=tz) for t in tickets
+        ]
+    finally:
+        await close_db()
+
+
+async def test_export_json_with_bookings_is_unchanged(
+    seeded: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await _add_bookings(seeded)
+    expected = await _export_as_before(seeded)
+
+    assert await cli_tickets.tickets_export(seeded, as_json=True) == 0
+    out = capsys.readouterr().out
+    assert out == json.dumps(expected, ensure_ascii=False, indent=2) + "\n"
+    by_ref = {item["ref"]: item for item in json.loads(out)}
+    assert by_ref["SP-2026-0001"]["booking"] == {
+        "start": "2026-11-13T09:30:00+01:00",
+        "end": "2026-11-13T10:15:00+01:00",
+        "provider": "bigbluebutton",
+        "staff": "@tie-high:sondages.pro",
+    }
+    assert by_ref["SP-2026-0002"]["booking"]["provider"] is None
+    assert by_ref["SP-2026-0003"]["booking"] is None  # only a cancelled booking
+    assert by_ref["Q-2026-0001"]["booking"] is None  # never booked
+
+
+async def test_export_csv_with_bookings(
+    seeded: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await _add_bookings(seeded)
+    assert await cli_tickets.tickets_export(seeded, as_json=False) == 0
+    rows = {row["ref"]: row for row in csv.DictReader(io.StringIO(capsys.readouterr().out))}
+    assert rows["SP-2026-0001"]["booking_staff"] == "@tie-high:sondages.pro"
+    assert rows["SP-2026-0001"]["booking_start"] == "2026-11-13T09:30:00+01:00"
+    assert rows["SP-2026-0003"]["booking_start"] == ""
+
+
+class _QueryCounter(logging.Handler):
+    """Counts the statements Tortoise sends (it logs each one on `tortoise.db_client`)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.statements: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage().lstrip().upper()
+        if text.startswith(("SELECT", "INSERT", "UPDATE", "DELETE", "WITH")):
+            self.statements.append(text)
+
+
+async def _count_export_queries(config: Config, capsys: pytest.CaptureFixture[str]) -> int:
+    logger = logging.getLogger("tortoise.db_client")
+    counter, level = _QueryCounter(), logger.level
+    logger.addHandler(counter)
+    logger.setLevel(logging.DEBUG)
+    try:
+        assert await cli_tickets.tickets_export(config, as_json=True) == 0
+    finally:
+        logger.removeHandler(counter)
+        logger.setLevel(level)
+    capsys.readouterr()
+    assert counter.statements, "no statement seen: has Tortoise's query logging changed?"
+    return len(counter.statements)
+
+
+async def test_export_queries_do_not_grow_with_tickets(
+    seeded: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await _add_bookings(seeded)
+    few = await _count_export_queries(seeded, capsys)
+
+    await open_db(seeded.database.url)
+    try:
+        alice = await Client.get(key=ALICE)
+        for number in range(10, 40):
+            ticket = await _ticket(alice, f"SP-2026-{number:04d}", channel="video")
+            await _book(ticket, CREATED + timedelta(days=1, hours=number))
+    finally:
+        await close_db()
+    many = await _count_export_queries(seeded, capsys)
+
+    assert many == few
