@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -275,6 +276,11 @@ async def run_bot(
         sync_task = asyncio.create_task(shell.run(), name="matrix-sync")
         tasks.append(sync_task)
         log.info("support-bot ready as %s", config.matrix.user_id)
+        # What start-up built (modules, catalogs, nio's and Tortoise's tables) lives as long
+        # as the process: frozen out of the collector's sight, so that a full collection in
+        # the middle of an answer walks only what answers create.
+        gc.collect()
+        gc.freeze()
         if ready is not None:
             ready()
         stop_task = asyncio.create_task(stop.wait())

@@ -846,11 +846,11 @@ class MatrixShell:
                 await self._sleep(delay)
 
     async def _complete_rooms(self, room_ids: Iterable[str]) -> None:
-        """Read the whole state of the rooms of a batch that nio only knows in part.
+        """Complete what nio knows of the rooms of a batch, once per room and process.
 
-        Syncs are lazy (members) and incremental (no full state at start): a room seen for
-        the first time since the process started lacks its creation event, its power levels
-        or its member list. One `/state` request per such room, once per process."""
+        Syncs are lazy (members) and incremental (no full state at start): a room's member
+        list is read once (`/joined_members`). Its encryption is known from nio's store, and
+        the staff room, whose power levels matter, is read whole at start."""
         for room_id in room_ids:
             try:
                 await self._nio_transport.ensure_room(room_id)

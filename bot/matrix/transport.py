@@ -35,6 +35,7 @@ from nio import (
     AsyncClient,
     ErrorResponse,
     Event,
+    JoinedMembersResponse,
     KeysQueryResponse,
     LocalProtocolError,
     MatrixRoom,
@@ -392,10 +393,17 @@ class NioTransport:
 
     async def ensure_room(self, room_id: str) -> None:
         """Make nio know `room_id` (state, members, encryption) before the next sync does, or
-        complete a room syncs showed only in part (lazy members, no full state at start)."""
-        room = self._nio().rooms.get(room_id)
-        if room is None or not room.members_synced:
+        complete the member list of a room syncs showed only in part (lazy-loaded members)."""
+        client = self._nio()
+        room = client.rooms.get(room_id)
+        if room is None:
             await self.load_room(room_id)
+        elif not room.members_synced:
+            await call(
+                f"members of {room_id}",
+                lambda: client.joined_members(room_id),
+                expect=JoinedMembersResponse,
+            )
 
     async def load_room(self, room_id: str, *, encrypted: bool = False) -> None:
         """Read the room's full state into nio's room (created if unknown).
