@@ -34,6 +34,7 @@ from bot.matrix.inbound import (
     IncomingReaction,
     IncomingRedaction,
     IncomingText,
+    IncomingUnreadable,
 )
 from bot.storage.models import HandledEvent, Notice, OutboxItem, UserPref
 
@@ -309,6 +310,10 @@ APOLOGY = N_(
 UNKNOWN_COMMAND = N_("Unknown command “!{name}”. Type !help to see what I can do.")
 STAFF_ONLY = N_("“!{name}” is a staff command: it is only available to the support team.")
 ONLY_TEXT = N_("I can only read text messages: please describe your request in words.")
+UNREADABLE = N_(
+    "I could not read the encrypted message you sent on {sent}: its keys never reached me. "
+    "Please send it again."
+)
 FLOODING = N_(
     "You are sending many messages very quickly. I read them all, in order, but I will answer "
     "more slowly for a moment."
@@ -521,6 +526,11 @@ class Dispatcher:
         elif isinstance(event, IncomingMember):
             for handler in self.router.members:
                 await handler(ctx)
+        elif isinstance(event, IncomingUnreadable):
+            # Given up after a day: the sender knows, instead of waiting for an answer. Not
+            # for a bridge account's message: there is nobody in particular to tell.
+            if not self.services.is_bridge(event.sender):
+                ctx.reply(Msg(UNREADABLE, {"sent": event.ts}))
 
     async def _route_text(self, ctx: Context, event: IncomingText) -> None:
         if event.is_edit:

@@ -16,9 +16,12 @@ How a sync becomes a batch, and why:
 - A room the bot has just entered: only events after the bot's invite (or after its join when
   it joined without one) are delivered, so the message a client sent right after inviting the
   bot is answered and the room's older history is not.
-- Undecryptable events are kept in `UndecryptedEvent`, their room key is requested, and they
-  are retried when to-device messages (keys) arrive, and every 10 minutes; a decrypted one is
-  delivered in the next batch; after 24 h the bot gives up (logged).
+- Undecryptable events are kept in `UndecryptedEvent`, their room key is requested (nio asks
+  the bot's own other devices only: in practice the key comes when the sender's client shares
+  it), and they are retried when to-device messages (keys) arrive, and every 10 minutes; a
+  decrypted one is
+  delivered in the next batch; after 24 h the bot gives up and hands an `IncomingUnreadable`
+  to the handlers, which ask the sender to send it again.
 - Failures: network errors, 5xx and everything else get exponential backoff with jitter
   (0.5-1 s, then doubling, capped at 60 s); `M_LIMIT_EXCEEDED` waits at least what the server
   asked. nio's own retry loops are off (`max_timeouts=0`, `max_limit_exceeded=0`).
@@ -35,7 +38,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -64,7 +67,7 @@ from nio.store import DefaultStore
 from tortoise.transactions import in_transaction
 
 from bot.config import Config
-from bot.matrix.inbound import Incoming, to_incoming
+from bot.matrix.inbound import Incoming, IncomingUnreadable, to_incoming
 from bot.matrix.transport import (
     NETWORK_ERRORS,
     NioTransport,
@@ -798,14 +801,28 @@ class MatrixShell:
         now = self._clock()
         for row in await UndecryptedEvent.all().order_by("received_at"):
             event = Event.parse_event(row.source)
-            if not isinstance(event, MegolmEvent) or now - row.received_at > UNDECRYPTED_GIVE_UP:
+            if not isinstance(event, MegolmEvent):
                 await row.delete()
+                log.warning("dropped undecryptable event %s in %s: not Megolm", *row_ids(row))
+                continue
+            if now - row.received_at > UNDECRYPTED_GIVE_UP:
+                # Given up: the sender is told (once: the row goes when the batch is handled).
                 log.warning(
                     "gave up decrypting event %s in %s after %d attempt(s)",
-                    row.event_id,
-                    row.room_id,
+                    *row_ids(row),
                     row.attempts,
                 )
+                seen.add(row.event_id)
+                batch.decrypted.append(row.event_id)
+                if row.sender != self.bot_user_id:
+                    batch.events.append(
+                        IncomingUnreadable(
+                            event_id=row.event_id,
+                            room_id=row.room_id,
+                            sender=row.sender,
+                            ts=_origin_ts(row.source, row.received_at),
+                        )
+                    )
                 continue
             decrypted = self._decrypt(row.room_id, event)
             if decrypted is None:
@@ -983,6 +1000,21 @@ def _entry(events: Sequence[Any], bot: str) -> int | None:
         if last_join is None and event.prev_membership not in ("invite", "join"):
             last_join = index
     return last_join
+
+
+def row_ids(row: UndecryptedEvent) -> tuple[str, str]:
+    return row.event_id, row.room_id
+
+
+def _origin_ts(source: dict[str, Any], default: datetime) -> datetime:
+    """When the sender sent the event (its `origin_server_ts`), else when it was received."""
+    stamp = source.get("origin_server_ts")
+    if isinstance(stamp, int) and not isinstance(stamp, bool) and stamp > 0:
+        try:
+            return datetime.fromtimestamp(stamp / 1000, UTC)
+        except (OverflowError, OSError, ValueError):
+            return default
+    return default
 
 
 async def _get_state(key: str) -> str | None:

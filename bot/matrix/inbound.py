@@ -80,7 +80,20 @@ class IncomingMember:
     ts: datetime
 
 
-Incoming = IncomingText | IncomingReaction | IncomingRedaction | IncomingMember
+@dataclass(frozen=True, slots=True)
+class IncomingUnreadable:
+    """An encrypted message whose room key never reached the bot (given up after a day of
+    waiting and asking): the sender is told to send it again, once."""
+
+    event_id: str
+    room_id: str
+    sender: str
+    ts: datetime  # when it was sent
+
+
+Incoming = (
+    IncomingText | IncomingReaction | IncomingRedaction | IncomingMember | IncomingUnreadable
+)
 
 
 def to_incoming(room_id: str, event: Any) -> Incoming | None:

@@ -22,7 +22,7 @@ from nio import AsyncClient, RoomGetStateEventResponse
 
 from bot.config import Config, MatrixConfig
 from bot.matrix.client import STALL_SECONDS, MatrixShell
-from bot.matrix.inbound import Incoming, IncomingText
+from bot.matrix.inbound import Incoming, IncomingText, IncomingUnreadable
 from bot.storage.db import close_db, open_db
 from bot.storage.models import BotState, UndecryptedEvent
 from bot.testing.matrix import (
@@ -362,6 +362,14 @@ async def test_undecryptable_event_is_kept_and_delivered_once_keys_arrive(
         await asyncio.sleep(0.1)
     assert await UndecryptedEvent.all().count() == 0
     assert shell.stats.late_decrypted == 1
+    # The given-up one reaches the handlers once, as "could not be read", with its send time.
+    (unreadable,) = [e for e in bot.echo.received if isinstance(e, IncomingUnreadable)]
+    assert (unreadable.event_id, unreadable.room_id, unreadable.sender) == (
+        "$expired",
+        room_id,
+        alice.user_id,
+    )
+    assert unreadable.ts == datetime.fromtimestamp(kept.source["origin_server_ts"] / 1000, UTC)
 
 
 async def test_room_created_by_the_bot_is_usable_at_once(

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from bot.dispatch import CommandSpec, Context
+from bot.matrix.inbound import IncomingUnreadable
 from bot.storage.models import HandledEvent, OutboxItem
 from bot.testing.harness import STAFF, STAFF_ROOM, BotHarness
+from bot.testing.harness import test_config as make_config
 
 DM = "!dm-alice:test"
 ALICE = "@alice:test"
@@ -169,3 +173,26 @@ async def test_a_dropped_database_connection_is_retried_not_apologised_for(bot, 
     # Not marked handled, nothing said: the shell retries the batch once the database is back.
     assert not await HandledEvent.exists(event_id="$drop")
     assert bot.transport.sent == []
+
+
+async def test_a_message_the_bot_could_never_decrypt_is_asked_again_once(db_url):
+    config = make_config(bridges=[{"user_id": "@talk-bridge:test"}])
+    async with BotHarness.open(db_url, config=config) as bot:
+        sent_at = datetime(2026, 11, 25, 8, 30, tzinfo=UTC)  # 09:30 in Paris
+        lost = IncomingUnreadable("$sealed", DM, ALICE, sent_at)
+        sent = await bot.deliver(lost)
+        assert [m.body for m in sent] == [
+            "Je n’ai pas pu lire le message chiffré que vous avez envoyé le mercredi "
+            "25 novembre 2026 à 09:30 : ses clés ne me sont jamais parvenues. "
+            "Merci de l’envoyer à nouveau."
+        ]
+        assert await bot.deliver(lost) == []  # the same event again: told once only
+
+        await bot.say(DM, ALICE, "!lang en")
+        sent = await bot.deliver(IncomingUnreadable("$sealed2", DM, ALICE, sent_at))
+        assert sent[0].body.startswith(
+            "I could not read the encrypted message you sent on Wednesday, November 25, 2026"
+        )
+        # A bridge account's unreadable message: nobody in particular to tell.
+        unreadable = IncomingUnreadable("$sealed3", "!talk:test", "@talk-bridge:test", sent_at)
+        assert await bot.deliver(unreadable) == []
