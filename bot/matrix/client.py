@@ -38,7 +38,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -67,7 +67,7 @@ from nio.store import DefaultStore
 from tortoise.transactions import in_transaction
 
 from bot.config import Config
-from bot.matrix.inbound import Incoming, IncomingUnreadable, to_incoming
+from bot.matrix.inbound import Incoming, to_incoming, to_unreadable
 from bot.matrix.transport import (
     NETWORK_ERRORS,
     NioTransport,
@@ -803,26 +803,22 @@ class MatrixShell:
             event = Event.parse_event(row.source)
             if not isinstance(event, MegolmEvent):
                 await row.delete()
-                log.warning("dropped undecryptable event %s in %s: not Megolm", *row_ids(row))
+                log.warning(
+                    "dropped undecryptable event %s in %s: not Megolm", row.event_id, row.room_id
+                )
                 continue
             if now - row.received_at > UNDECRYPTED_GIVE_UP:
                 # Given up: the sender is told (once: the row goes when the batch is handled).
                 log.warning(
                     "gave up decrypting event %s in %s after %d attempt(s)",
-                    *row_ids(row),
+                    row.event_id,
+                    row.room_id,
                     row.attempts,
                 )
                 seen.add(row.event_id)
                 batch.decrypted.append(row.event_id)
-                if row.sender != self.bot_user_id:
-                    batch.events.append(
-                        IncomingUnreadable(
-                            event_id=row.event_id,
-                            room_id=row.room_id,
-                            sender=row.sender,
-                            ts=_origin_ts(row.source, row.received_at),
-                        )
-                    )
+                if event.sender != self.bot_user_id:
+                    batch.events.append(to_unreadable(row.room_id, event))
                 continue
             decrypted = self._decrypt(row.room_id, event)
             if decrypted is None:
@@ -1000,21 +996,6 @@ def _entry(events: Sequence[Any], bot: str) -> int | None:
         if last_join is None and event.prev_membership not in ("invite", "join"):
             last_join = index
     return last_join
-
-
-def row_ids(row: UndecryptedEvent) -> tuple[str, str]:
-    return row.event_id, row.room_id
-
-
-def _origin_ts(source: dict[str, Any], default: datetime) -> datetime:
-    """When the sender sent the event (its `origin_server_ts`), else when it was received."""
-    stamp = source.get("origin_server_ts")
-    if isinstance(stamp, int) and not isinstance(stamp, bool) and stamp > 0:
-        try:
-            return datetime.fromtimestamp(stamp / 1000, UTC)
-        except (OverflowError, OSError, ValueError):
-            return default
-    return default
 
 
 async def _get_state(key: str) -> str | None:

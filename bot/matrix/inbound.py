@@ -151,6 +151,11 @@ def strip_html_reply_fallback(formatted_body: str) -> str:
     return _MX_REPLY.sub("", formatted_body, count=1)
 
 
+def to_unreadable(room_id: str, event: MegolmEvent) -> IncomingUnreadable:
+    """An encrypted event the bot gave up decrypting, dated when its sender sent it."""
+    return IncomingUnreadable(event.event_id, room_id, event.sender, _ts(event.server_timestamp))
+
+
 # -- helpers -------------------------------------------------------------------------------
 
 
