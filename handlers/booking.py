@@ -76,6 +76,7 @@ from handlers.common import (
     bridged_nick,
     client_ticket,
     client_translator,
+    invite_back,
     refresh_card,
     staff_private,
     staff_ticket,
@@ -933,16 +934,7 @@ async def _direct_room(ctx: Context, user_id: str) -> str:
     key = _dm_key(user_id)
     state = await BotState.get_or_none(key=key)
     if state is not None:
-        try:
-            await transport.ensure_room(state.value)
-            present = user_id in transport.joined_members(state.value)
-        except Exception:
-            present = False
-        if not present:
-            try:  # they left (or never joined yet): invite again, same room
-                await transport.invite(state.value, user_id)
-            except Exception as error:
-                log.info("re-invite to the staff direct room failed: %s", type(error).__name__)
+        await invite_back(ctx, state.value, user_id)
         return state.value
     room = await transport.create_room(
         name=ctx.tr.gettext(DM_NAME), invite=[user_id], is_direct=True, encrypted=False

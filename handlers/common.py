@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import re
 
 from bot.cards import card_view, render_card
 from bot.dispatch import Context, DomainError, addressed
 from bot.domain.tickets import Refusal, Status, TicketState
 from bot.i18n import N_, Msg, Translator
+from bot.matrix.transport import TransportError
 from bot.storage import repo
 from bot.storage.models import Booking, Client, Ticket, UserPref
+
+log = logging.getLogger(__name__)
 
 REF_RE = re.compile(r"\b([A-Za-z]{1,10}-\d{4}-\d{4,})\b")
 
@@ -115,6 +119,18 @@ def staff_private(ctx: Context) -> bool:
         return False
     others = members - {services.bot_user_id()}
     return bool(members) and all(services.is_staff_user(user) for user in others)
+
+
+async def invite_back(ctx: Context, room_id: str, user_id: str) -> None:
+    """Invite `user_id` to a room the bot keeps for them unless they are in it (they left, or
+    have not accepted yet: the server then refuses, which is fine)."""
+    transport = ctx.services.transport
+    try:
+        await transport.ensure_room(room_id)  # its member list may not be known yet
+        if user_id not in transport.joined_members(room_id):
+            await transport.invite(room_id, user_id)
+    except TransportError as error:
+        log.info("re-invite to %s not done: %s", room_id, type(error).__name__)
 
 
 def bridged_nick(client_key: str, room_id: str) -> str | None:

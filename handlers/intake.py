@@ -91,6 +91,7 @@ from handlers.common import (
     change,
     client_ticket,
     find_ref,
+    invite_back,
     post_card,
     refresh_card,
 )
@@ -553,15 +554,7 @@ async def _private_room(ctx: Context, client: Client) -> str:
     transport = ctx.services.transport
     room_id = client.private_room_id
     if room_id is not None:
-        try:
-            await transport.ensure_room(room_id)
-        except TransportError:
-            log.info("state of the private room not read (%s)", room_id)
-        if ctx.sender.user_id not in transport.joined_members(room_id):
-            try:  # they left, or have not accepted yet (the server then refuses: fine)
-                await transport.invite(room_id, ctx.sender.user_id)
-            except TransportError:
-                log.info("re-invite to a private room refused (%s)", room_id)
+        await invite_back(ctx, room_id, ctx.sender.user_id)
         ctx.reply(Msg(CONTINUE_PRIVATE))
         return room_id
     config = ctx.services.config.matrix
