@@ -28,6 +28,7 @@ import pytest_asyncio
 if TYPE_CHECKING:
     from nio import AsyncClient
 
+    from bot.testing.smtp import Inbox
     from bot.testing.synapse import Synapse
 
 POSTGRES_ENV = "SUPPORT_BOT_TEST_POSTGRES"
@@ -178,3 +179,12 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield tortoise_url(_with_database(session_dsn, name))
     finally:
         _run(_drop_database(session_dsn, name))
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Inbox, int]]:
+    """A real SMTP server (aiosmtpd) on a free port: its inbox and the port."""
+    from bot.testing.smtp import smtp_server
+
+    with smtp_server() as server:
+        yield server

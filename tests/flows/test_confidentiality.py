@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 
 from bot.config import MailConfig
 from bot.mail import Mailer
@@ -29,6 +28,7 @@ from bot.storage.models import Booking, Ticket
 from bot.testing.harness import BOT, STAFF, STAFF_ROOM, BotHarness, FakeClock, Sent
 from bot.testing.harness import test_config as make_config
 from bot.testing.net import free_port
+from bot.testing.smtp import Inbox
 from bot.video.jitsi import JitsiProvider
 from bot.web.consent import Confirmed, confirm
 from handlers import interventions
@@ -74,27 +74,6 @@ def config(**service: Any):
 
 
 # --- a real SMTP server --------------------------------------------------------------------------
-
-
-@dataclass
-class Inbox:
-    messages: list[tuple[list[str], bytes]] = field(default_factory=list)
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append((list(envelope.rcpt_tos), envelope.content))
-        return "250 Message accepted"
-
-
-@pytest.fixture
-def smtp() -> Iterator[tuple[Inbox, int]]:
-    inbox = Inbox()
-    port = free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield inbox, port
-    finally:
-        controller.stop()
 
 
 @pytest.fixture
@@ -178,9 +157,9 @@ async def full_flow(bot: BotHarness, smtp_port: int, *, alice_text: str = ALICE_
 def _last_consent_token(bot: BotHarness) -> str:
     inbox: Inbox = bot.inbox  # type: ignore[attr-defined]
     assert inbox.messages, "no consent e-mail was sent"
-    recipients, data = inbox.messages[-1]
+    recipients, _ = inbox.messages[-1]
     assert recipients == [BOB_MAIL]
-    text = data.decode("utf-8", "replace").replace("=\r\n", "")
+    text = inbox.raw[-1].decode("utf-8", "replace").replace("=\r\n", "")
     marker = "/confirm/"
     start = text.index(marker) + len(marker)
     end = start

@@ -7,22 +7,18 @@ Set SUPPORT_BOT_SCREENSHOT=1 to write `docs/confirmation-page.png` (phone viewpo
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
 import os
 import re
 import shutil
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import pytest_asyncio
-from aiosmtpd.controller import Controller
 from babel.messages.pofile import read_po, write_po
 from prometheus_client import CollectorRegistry
 from tortoise.backends.base.executor import EXECUTOR_CACHE
@@ -33,6 +29,7 @@ from bot.mail import Mailer, MailError, build_message, consent_mail
 from bot.storage.db import close_db, open_db
 from bot.storage.models import AuditEntry, Client, ConfirmationToken, Ticket
 from bot.testing.net import free_port
+from bot.testing.smtp import Inbox
 from bot.web import pages
 from bot.web.app import SECURITY_HEADERS, build_web_app, start_web, stop_web
 from bot.web.consent import (
@@ -228,19 +225,6 @@ class Clock:
 
 
 @dataclass
-class Inbox:
-    """An aiosmtpd handler keeping what it receives."""
-
-    messages: list[tuple[list[str], EmailMessage]] = field(default_factory=list)
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(parsed, EmailMessage)
-        self.messages.append((list(envelope.rcpt_tos), parsed))
-        return "250 Message accepted"
-
-
-@dataclass
 class Site:
     base: str
     config: Config
@@ -253,18 +237,6 @@ class Site:
 @pytest.fixture(scope="module")
 def catalogs(tmp_path_factory: pytest.TempPathFactory) -> Catalogs:
     return catalogs_with_pending_french(tmp_path_factory.mktemp("locales"))
-
-
-@pytest.fixture
-def smtp() -> Iterator[tuple[Inbox, int]]:
-    inbox = Inbox()
-    port = free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield inbox, port
-    finally:
-        controller.stop()
 
 
 @pytest_asyncio.fixture
