@@ -251,7 +251,9 @@ async def run_bot(
             mailer=Mailer(config.mail),
         )
         deliverer = Deliverer(shell.transport, clock)
-        dispatcher = Dispatcher(build_router(), services, wake_delivery=deliverer.wake)
+        dispatcher = Dispatcher(
+            build_router(), services, wake_delivery=deliverer.wake, deliver=deliverer.offer
+        )
         services.dispatcher = dispatcher
         holder["dispatcher"] = dispatcher
 

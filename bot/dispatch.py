@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import html
 import logging
 import re
 import secrets
@@ -169,6 +168,9 @@ def txn_base(event_id: str) -> str:
 
 
 def notice_content(plain: str, formatted: str | None) -> dict[str, Any]:
+    """An m.notice; HTML only when the message has markup of its own (cards, tables,
+    lists). Plain text keeps its line breaks in every client, and an HTML copy of it would
+    double the event's size for nothing."""
     # An empty m.mentions: nothing the bot relays (client text, names) may ping anyone.
     content: dict[str, Any] = {"msgtype": "m.notice", "body": plain, "m.mentions": {}}
     if formatted is not None:
@@ -185,10 +187,6 @@ def addressed(nick: str, text: str) -> str:
     return f"{defuse(nick)}: {text}"
 
 
-def plain_to_html(plain: str) -> str:
-    return html.escape(plain).replace("\n", "<br>")
-
-
 @dataclass
 class Context:
     """What a handler sees of one event, and how it answers (always through the outbox)."""
@@ -203,6 +201,9 @@ class Context:
     command: str = ""
     args: str = ""
     outgoing: list[Outgoing] = field(default_factory=list)
+    # Set by a text handler that has taken the message as its own (e.g. an intake answer):
+    # the handlers after it do not look at it.
+    taken: bool = False
 
     @property
     def tz(self) -> ZoneInfo:
@@ -238,9 +239,7 @@ class Context:
             Outgoing(
                 self.room_id,
                 "message",
-                notice_content(
-                    plain, html_body if html_body is not None else plain_to_html(plain)
-                ),
+                notice_content(plain, html_body),
             )
         )
 
@@ -255,7 +254,7 @@ class Context:
         plain_only: bool = False,
     ) -> None:
         plain = self.render(msg, tr)
-        formatted = None if plain_only else (html_body or plain_to_html(plain))
+        formatted = None if plain_only else html_body
         self.outgoing.append(
             Outgoing(room_id, "message", notice_content(plain, formatted), on_sent=on_sent)
         )
@@ -334,10 +333,14 @@ class Dispatcher:
         services: Services,
         *,
         wake_delivery: Callable[[], None],
+        deliver: Callable[[Sequence[OutboxItem], str | None], None] | None = None,
     ):
         self.router = router
         self.services = services
         self.wake_delivery = wake_delivery
+        # Hands a handler's committed rows straight to the deliverer (no reading them back);
+        # without it, the deliverer is only woken to read the table.
+        self.deliver = deliver
         self._locks: dict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._recent: dict[str, deque[datetime]] = defaultdict(deque)
         self._flood_told: dict[str, datetime] = {}
@@ -389,12 +392,14 @@ class Dispatcher:
                 await self._fail(ctx, now)
                 self.wake_delivery()
                 return
+            rows: list[OutboxItem] | None = None  # once committed: handed to the deliverer
             try:
                 async with in_transaction():
                     await self._route(ctx)
                     if flooding:
                         ctx.reply(Msg(FLOODING))
-                    await self._commit(ctx, now)
+                    written = await self._commit(ctx, now)
+                rows = written
             except IntegrityError:
                 # Another delivery of the same event won the race: nothing more to do.
                 if await HandledEvent.exists(event_id=event.event_id):
@@ -404,7 +409,8 @@ class Dispatcher:
                 ctx.outgoing.clear()
                 ctx.reply(refusal.msg)
                 async with in_transaction():
-                    await self._commit(ctx, now)
+                    written = await self._commit(ctx, now)
+                rows = written
             except Exception as error:
                 if is_database_outage(error):
                     # Not the handler's fault and not to be apologised for: the event stays
@@ -412,7 +418,10 @@ class Dispatcher:
                     raise
                 await self._fail(ctx, now)
         self.services.count_event(type(event).__name__)
-        self.wake_delivery()
+        if rows is not None and self.deliver is not None:
+            self.deliver(rows, event.room_id)
+        else:
+            self.wake_delivery()
 
     async def _flood_check(self, event: Incoming, sender: Sender, now: datetime) -> bool:
         """Count a client's recent messages; pause over the limit. True = tell them now."""
@@ -476,7 +485,9 @@ class Dispatcher:
         async with in_transaction():
             await self._commit(ctx, now)
 
-    async def _commit(self, ctx: Context, now: datetime, *, job_key: str | None = None) -> None:
+    async def _commit(
+        self, ctx: Context, now: datetime, *, job_key: str | None = None
+    ) -> list[OutboxItem]:
         if job_key is None:
             assert ctx.event is not None
             await HandledEvent.create(
@@ -500,6 +511,7 @@ class Dispatcher:
         ]
         if rows:
             await OutboxItem.bulk_create(rows)
+        return rows
 
     async def _context(self, event: Incoming, sender: Sender, now: datetime) -> Context:
         locale = await self.services.locale_for(sender.key, event.room_id)
@@ -568,6 +580,8 @@ class Dispatcher:
         handlers = self.router.staff_texts if ctx.in_staff_room else self.router.texts
         for handler in handlers:
             await handler(ctx)
+            if ctx.taken:
+                break
 
 
 def is_database_outage(error: BaseException) -> bool:

@@ -8,7 +8,7 @@ import asyncio
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +18,9 @@ from bot.storage.models import OutboxItem, SlotOffer, Ticket
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 6
+# An event's answers in other rooms than its own (the staff room's card after a client's
+# answer) wait for its own room's answer to be sent, at most this long.
+HEAD_START_SECONDS = 2.0
 
 
 class Deliverer:
@@ -26,7 +29,11 @@ class Deliverer:
     Rooms never wait for each other: a slow send in one room (a busy homeserver, an upload)
     does not hold back the answer in another. Inside a room, one worker sends the rows in
     their order; rows written while it works are picked up by the same worker, so a room
-    never has two senders and its order is kept."""
+    never has two senders and its order is kept.
+
+    Rows a handler has just committed are handed over with `offer()` and sent without
+    being read back; `wake()` makes a pass over the table (rows of background jobs, of an
+    earlier crash, of a failed attempt; and every 30 s)."""
 
     def __init__(self, transport: Transport, clock: Callable[[], datetime]):
         self.transport = transport
@@ -43,6 +50,30 @@ class Deliverer:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def offer(self, rows: Sequence[OutboxItem], first_room: str | None = None) -> None:
+        """Send rows just committed. Those of `first_room` (where the event came from: the
+        client is waiting there) go first; the others start once these are sent."""
+        by_room: dict[str, list[OutboxItem]] = {}
+        for row in rows:
+            by_room.setdefault(row.room_id, []).append(row)
+        lead: asyncio.Task[int] | None = None
+        if first_room in by_room:
+            lead = self._give(first_room, by_room.pop(first_room), after=None)
+        for room_id, items in by_room.items():
+            self._give(room_id, items, after=lead)
+
+    def _give(
+        self, room_id: str, items: list[OutboxItem], *, after: asyncio.Task[int] | None
+    ) -> asyncio.Task[int]:
+        """The room's worker: a new one for `items`, or the running one, told to look again."""
+        running = self._workers.get(room_id)
+        if running is not None:
+            self._more.add(room_id)
+            return running
+        task = asyncio.create_task(self._room_worker(room_id, items, after), name="outbox-room")
+        self._workers[room_id] = task
+        return task
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="outbox-deliverer")
@@ -96,19 +127,19 @@ class Deliverer:
             if row.txn_id not in self._recent:
                 by_room[row.room_id].append(row)
         for room_id, items in by_room.items():
-            if room_id in self._workers:
-                self._more.add(room_id)
-                continue
-            task = asyncio.create_task(self._room_worker(room_id, items), name="outbox-room")
-            self._workers[room_id] = task
+            self._give(room_id, items, after=None)
         if len(rows) == 500:
             self.wake()
             return True
         return False
 
-    async def _room_worker(self, room_id: str, items: list[OutboxItem]) -> int:
+    async def _room_worker(
+        self, room_id: str, items: list[OutboxItem], after: asyncio.Task[int] | None
+    ) -> int:
         sent = 0
         try:
+            if after is not None:
+                await asyncio.wait({after}, timeout=HEAD_START_SECONDS)
             while True:
                 for item in items:
                     if item.txn_id in self._recent:
@@ -147,16 +178,16 @@ class Deliverer:
                 # server to come back (replies pending during an outage are sent after it).
                 if not error.retryable and item.attempts >= MAX_ATTEMPTS:
                     item.failed = True
-                    await item.save(update_fields=["attempts", "failed"])
+                    await _store(item, "attempts", "failed")
                     log.warning(
                         "outbox item %s to %s failed after %d attempt(s): %s",
-                        item.id,
+                        item.txn_id,
                         item.room_id,
                         item.attempts,
                         type(error).__name__,
                     )
                     return item.failed
-                await item.save(update_fields=["attempts"])
+                await _store(item, "attempts")
                 # A rate limit says how long to wait; otherwise back off with jitter.
                 wait = getattr(error, "retry_after", None) or (delay + random.random() * delay)
                 await asyncio.sleep(min(wait, 60))
@@ -166,7 +197,7 @@ class Deliverer:
             item.sent_at = self.clock()
             item.event_id = event_id
             try:
-                await item.save(update_fields=["sent_at", "event_id"])
+                await _store(item, "sent_at", "event_id")
             except BaseException:
                 # Not marked: the row stays pending and is sent again (same transaction id,
                 # deduplicated by the homeserver) so that its after-send hook runs.
@@ -244,3 +275,11 @@ class Deliverer:
             await Ticket.filter(id=int(value)).update(card_event_id=event_id)
         elif kind == "slot_offer":
             await SlotOffer.filter(id=int(value)).update(event_id=event_id)
+
+
+async def _store(item: OutboxItem, *names: str) -> None:
+    """Write fields of a row, found by its transaction id (rows handed over by `offer()`
+    come from a bulk insert and may not know their primary key)."""
+    await OutboxItem.filter(txn_id=item.txn_id).update(
+        **{name: getattr(item, name) for name in names}
+    )

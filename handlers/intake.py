@@ -199,12 +199,14 @@ async def on_text(ctx: Context) -> None:
     found = await _active_conversation(ctx)
     if found is not None:
         here, conv = found
+        ctx.taken = True  # an answer to the intake, not a slot number for the booking module
         await _advance(here, conv, ctx.args)
         return
     if await _slot_choice_pending(ctx, ctx.args):
         return  # the booking module reads it
     here = await _conversation_context(ctx)
     conv = await _conversation(here.room_id, ctx.sender.key)
+    ctx.taken = True
     await _start(here, conv, ctx.args, related=True)
 
 

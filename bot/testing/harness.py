@@ -191,7 +191,9 @@ class BotHarness:
             staff_room_id=lambda: self.config.matrix.staff_room,
         )
         self.deliverer = Deliverer(self.transport, self.clock)  # type: ignore[arg-type]
-        self.dispatcher = Dispatcher(build_router(), self.services, wake_delivery=lambda: None)
+        self.dispatcher = Dispatcher(
+            build_router(), self.services, wake_delivery=lambda: None, deliver=self.deliverer.offer
+        )
         self.services.dispatcher = self.dispatcher
         self.sweepers = sweepers()
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from tortoise.models import Model
 
-from bot.dispatch import STAFF_ONLY, Context, addressed, plain_to_html
+from bot.dispatch import STAFF_ONLY, Context, addressed
 from bot.domain.tickets import Channel, Kind, Status, initial_state, sla_business_days
 from bot.i18n import Msg
 from bot.storage import repo
@@ -291,7 +291,7 @@ def refusal(bot: BotHarness, actor: Actor, name: str) -> tuple[str, str | None]:
     )
     if actor.nick is not None:
         return addressed(actor.nick, text), None  # the nickname, defused, as the bot writes it
-    return text, plain_to_html(text)
+    return text, None  # plain text: a refusal has no markup
 
 
 def variants(world: World) -> list[tuple[str, str]]:

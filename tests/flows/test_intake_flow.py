@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from bot import outbox
 from bot.cards import defuse
 from bot.domain.tickets import billed_tickets
 from bot.storage import repo
@@ -128,9 +129,12 @@ async def test_full_intake_in_french(bot):
     assert "alice@example.org" in summary and "https://survey.example.org" in summary
 
     sent = await bot.say(DM, ALICE, "oui")
+    # The client's answer goes out first, the staff room's card after it.
+    assert [m.room_id for m in sent] == [DM, STAFF_ROOM]
     client_messages = [m for m in sent if m.room_id == DM]
     # One answer: the thank-you and the opened ticket are paragraphs of the same message.
     assert len(client_messages) == 1
+    assert client_messages[0].html is None  # plain text: line breaks show in every client
     opened = client_messages[0].body
     assert opened.startswith("Merci ! J’enregistre votre demande.\n\nVotre ticket SP-2026-0001")
     assert "SP-2026-0001" in opened
@@ -140,6 +144,7 @@ async def test_full_intake_in_french(bot):
     assert len(cards) == 1
     assert "SP-2026-0001" in cards[0].body
     assert DESCRIPTION_FR in cards[0].body
+    assert "SP-2026-0001" in (cards[0].html or "")  # the card has markup of its own
 
     ticket = await Ticket.get(ref="SP-2026-0001").prefetch_related("client")
     assert (ticket.kind, ticket.status, ticket.category, ticket.channel) == (
@@ -167,6 +172,30 @@ async def test_full_intake_in_french(bot):
     conv = await Conversation.get(room_id=DM, client_key=ALICE)
     assert conv.step == "done" and conv.due_at is None
     assert bot.services.metrics.tickets.labels(kind="ticket")._value.get() == 1
+
+
+async def test_the_staff_card_does_not_wait_for_a_stuck_client_room(bot, monkeypatch):
+    """The card waits for the client's answer, but not forever: a room whose sends hang
+    (a homeserver refusing that room for a while) holds back its own messages only."""
+    monkeypatch.setattr(outbox, "HEAD_START_SECONDS", 0.2)
+    await to_confirm(bot)
+    release = asyncio.Event()
+    send = bot.transport.send_event
+
+    async def hanging_in_dm(room_id, event_type, content, txn_id):
+        if room_id == DM:
+            await release.wait()
+        return await send(room_id, event_type, content, txn_id)
+
+    monkeypatch.setattr(bot.transport, "send_event", hanging_in_dm)
+    before = len(bot.transport.sent)
+    confirming = asyncio.create_task(bot.say(DM, ALICE, "yes"))
+    await asyncio.sleep(1.0)
+    assert [m.room_id for m in bot.transport.sent[before:]] == [STAFF_ROOM]
+    release.set()
+    sent = await asyncio.wait_for(confirming, 10)
+    assert [m.room_id for m in sent] == [STAFF_ROOM, DM]
+    assert "SP-2026-0001" in sent[1].body
 
 
 async def test_full_intake_in_english_and_remembered_email(bot):
@@ -340,10 +369,9 @@ async def test_client_text_echoed_in_the_summary_pings_nobody(bot):
     hostile = "@room help! See https://matrix.to/#/@staff:test for what I mean, please."
     await to_confirm(bot, desc=hostile)
     summary = bot.in_room(DM)[-1]
-    for body in (summary.body, summary.html or ""):
-        assert "@room" not in body and "matrix.to" not in body
-        assert "help! See https://matrix" in body  # still readable
-    assert "<script" not in (summary.html or "")
+    assert "@room" not in summary.body and "matrix.to" not in summary.body
+    assert "help! See https://matrix" in summary.body  # still readable
+    assert summary.html is None  # plain text only: no markup to smuggle a link or a pill in
 
 
 async def test_staff_text_in_a_client_room_starts_nothing(bot):
