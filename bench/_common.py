@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +205,8 @@ class Result:
     totals: list[float] = field(default_factory=list)  # intakes: time per whole intake
     steps: dict[int, list[float]] = field(default_factory=dict)  # intakes: latency per step
     steps_first: dict[int, list[float]] = field(default_factory=dict)  # first bot message
+    # Local-time spans of the phase's rounds (to read Synapse's access log for them).
+    windows: list[tuple[datetime, datetime]] = field(default_factory=list)
 
     @property
     def answered(self) -> int:

@@ -137,11 +137,13 @@ class Synapse:
         server_name: str = "localhost",
         log_to: Path | None = None,
         timeout: float = START_TIMEOUT,
+        access_log: bool = False,
     ) -> Synapse:
         """Configure (once per `data_dir`) and start Synapse; return when it answers.
 
         Blocking (about 2-3 s): call it from a thread (`astart`) inside an event loop.
         `port=None` picks a free port, retrying if another process takes it first.
+        `access_log`: also log every request with its timings (the benchmark reads them).
         """
         if not synapse_available():
             raise SynapseError("matrix-synapse is not installed in this Python environment")
@@ -152,7 +154,7 @@ class Synapse:
 
         generate_config(data_dir, server_name)
         shared_secret = _shared_secret(data_dir)
-        _write_log_config(data_dir, log_path)
+        _write_log_config(data_dir, log_path, access_log=access_log)
 
         attempts = 1 if port is not None else 3
         for attempt in range(1, attempts + 1):
@@ -359,7 +361,7 @@ def _write_override(data_dir: Path, *, port: int, shared_secret: str) -> None:
     (data_dir / OVERRIDE_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
 
 
-def _write_log_config(data_dir: Path, log_path: Path) -> None:
+def _write_log_config(data_dir: Path, log_path: Path, *, access_log: bool = False) -> None:
     config = {
         "version": 1,
         "formatters": {
@@ -377,6 +379,8 @@ def _write_log_config(data_dir: Path, log_path: Path) -> None:
             }
         },
         "root": {"level": "WARNING", "handlers": ["file"]},
+        # "Processed request: <real>sec/… ru=(…) db=(…) … "PUT /…"" per request, at INFO.
+        "loggers": {"synapse.access.http": {"level": "INFO"}} if access_log else {},
         "disable_existing_loggers": False,
     }
     (data_dir / LOG_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
