@@ -7,9 +7,9 @@ One run starts a Synapse (the test fixture's) and, on it, two bots: (a) `bench/e
 floor set by the homeserver and nio, and (b) support-bot as in production (`python -m bot
 --config … run`, its own config and database). Each bot gets its own clients, every client in
 its own direct chat with it. Both bots stay up, but only one is under load at a time: each phase
-runs for one bot, then for the other, with the same load (K=1 in 4 rounds and the open loop in
-2, echo / support-bot / support-bot / echo…, so that drift and other load on the machine hit
-both alike). On a machine busy with other work, `--nice -10` (root) keeps that work from being
+runs for one bot, then for the other, with the same load, in rounds (closed K=1 in 4, K=10,
+K=50 and the open loop in 2, the K=1 intakes one per round: echo / support-bot / support-bot /
+echo…, so that drift and other load on the machine hit both alike). On a machine busy with other work, `--nice -10` (root) keeps that work from being
 what is measured; the report shows how much CPU other processes used during each phase.
 
 Load:
@@ -78,7 +78,6 @@ ECHO = "echo"
 SUPPORT = "support-bot"
 ANSWER_TIMEOUT = 30.0
 COMMAND = "!aide"
-INTAKE_GAP = 0.5  # seconds between two intakes at K=1 (not counted in their times)
 HELP_MARKERS = ("Voici ce que je comprends", "Here is what I understand")
 
 # The intake as a French client types it (the bot's default language), with a part of the
@@ -115,7 +114,7 @@ FULL = Plan(
     open_clients=20,
     open_total=200,
     open_rate=10.0,
-    intake_single=5,
+    intake_single=10,
     intake_k=20,
 )
 QUICK = Plan(
@@ -230,8 +229,10 @@ async def open_loop(
 
 
 async def intakes(
-    target: Target, parts: Sequence[Participant], result: Result, *, one_by_one: bool
+    target: Target, parts: Sequence[Participant], result: Result, *, first: int
 ) -> None:
+    """The clients' intakes, all at once (`first`: the index of the first client)."""
+
     async def one(part: Participant, index: int) -> None:
         email = f"client{index}.{secrets.token_hex(2)}@example.org"
         texts = (
@@ -270,18 +271,8 @@ async def intakes(
         result.totals.append(arrived - begin)
 
     start = time.perf_counter()
-    gaps = 0.0
-    if one_by_one:
-        for index, part in enumerate(parts):
-            if index:
-                # One client at a time: the next one starts once the bot has finished with
-                # the previous intake (its card to the staff room goes after the answer).
-                await asyncio.sleep(INTAKE_GAP)
-                gaps += INTAKE_GAP
-            await one(part, index)
-    else:
-        await asyncio.gather(*(one(part, index) for index, part in enumerate(parts)))
-    result.wall += time.perf_counter() - start - gaps
+    await asyncio.gather(*(one(part, first + index) for index, part in enumerate(parts)))
+    result.wall += time.perf_counter() - start
 
 
 # -- both bots, every phase ----------------------------------------------------------------
@@ -306,12 +297,12 @@ class Phase:
 
 
 def phases(plan: Plan) -> list[Phase]:
-    # K=1 and the open loop (the latency targets) are split in rounds, A B B A…: drift and
-    # other load on the machine hit both bots alike.
-    k1_rounds, open_rounds = 4, 2
+    # Every phase but the K=20 intakes is split in rounds, A B B A…: drift and other load on
+    # the machine hit both bots alike.
+    k1_rounds, other_rounds, open_rounds = 4, 2, 2
     out = []
     for k, m in plan.closed:
-        rounds = k1_rounds if k == 1 else 1
+        rounds = k1_rounds if k == 1 else other_rounds
         out.append(
             Phase(
                 f"closed K={k}",
@@ -337,17 +328,19 @@ def phases(plan: Plan) -> list[Phase]:
     out.append(
         Phase(
             "intake K=1",
-            lambda t, parts, r, _i: intakes(t, parts[:single], r, one_by_one=True),
+            # One intake per round, each by a client of its own: one client at a time, and
+            # the bot has finished with the previous one (its card to the staff room goes
+            # after the answer) before the next starts.
+            lambda t, parts, r, i: intakes(t, parts[i : i + 1], r, first=i),
             lambda parts: parts[:single],
+            single,
             commands=False,
         )
     )
     out.append(
         Phase(
             f"intake K={group}",
-            lambda t, parts, r, _i: intakes(
-                t, parts[single : single + group], r, one_by_one=False
-            ),
+            lambda t, parts, r, _i: intakes(t, parts[single : single + group], r, first=single),
             lambda parts: parts[single : single + group],
             commands=False,
         )
@@ -564,9 +557,9 @@ def report(
         + ", ".join(f"K={k}×M={m}" for k, m in plan.closed)
         + f"; open loop {plan.open_clients} clients, {plan.open_total} messages at "
         f"{plan.open_rate:g}/s; intakes K=1 ×{plan.intake_single} one after the other, "
-        f"K={plan.intake_k} at once. {k1} runs in 4 rounds and the open loop in 2, "
-        "echo / support-bot / support-bot / echo…; the other phases alternate which bot goes "
-        "first.",
+        f"K={plan.intake_k} at once. {k1} runs in 4 rounds, the other closed loops and the "
+        "open loop in 2, the K=1 intakes in one round per intake, echo / support-bot / "
+        "support-bot / echo…; the K={plan.intake_k} intakes alternate which bot goes first.",
         f"- start to ready: echo {info[ECHO]['startup']:.2f} s, support-bot "
         f"{info[SUPPORT]['startup']:.2f} s; peak RSS over the run (VmHWM): echo "
         f"{info[ECHO]['peak']:.0f} MB, support-bot {info[SUPPORT]['peak']:.0f} MB",
@@ -818,7 +811,7 @@ def main() -> int:
         type=int,
         default=0,
         metavar="N",
-        help="full intakes at K=1, one after the other (default 5, --quick 2)",
+        help="full intakes at K=1, one per round (default 10, --quick 2)",
     )
     parser.add_argument("--markdown", metavar="FILE", help="also write the report there")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, databases)")
