@@ -9,8 +9,9 @@ floor set by the homeserver and nio, and (b) support-bot as in production (`pyth
 its own direct chat with it. Both bots stay up, but only one is under load at a time: each phase
 runs for one bot, then for the other, with the same load, in rounds (closed K=1 in 4, K=10,
 K=50 and the open loop in 2, the K=1 intakes one per round: echo / support-bot / support-bot /
-echo…, so that drift and other load on the machine hit both alike). On a machine busy with other work, `--nice -10` (root) keeps that work from being
-what is measured; the report shows how much CPU other processes used during each phase.
+echo…, so that drift and other load on the machine hit both alike). On a machine busy with
+other work, `--nice -10` (root) keeps that work from being what is measured; the report shows
+how much CPU other processes used during each phase.
 
 Load:
 - closed loop: K clients (1, 10, 50) at once, each sending M `!aide` one after the other and
@@ -663,6 +664,14 @@ def report(
     out.append(
         f"- budget 6.5 × one echo round trip at K=1 (p50 {ms(echo_rtt)} ms) = {ms(budget)} ms"
     )
+    for bot in (ECHO, SUPPORT):
+        r = by.get(("intake K=1", bot))
+        if r is not None and r.totals and not math.isnan(echo_rtt):
+            median = percentile(r.totals, 50)
+            out.append(
+                f"- {bot}'s median intake at K=1 = {median / echo_rtt:.1f} echo round trips "
+                "(the intake's messages are longer than a command's)"
+            )
 
     checks: list[tuple[str, bool, str]] = []
     for name in (k1, open_name):
