@@ -16,26 +16,13 @@ from bot.testing.harness import STAFF, STAFF_ROOM, BotHarness, test_config
 from bot.testing.net import free_port
 from bot.web.app import build_web_app, start_web, stop_web
 from tests.flows.test_interventions_flow import DM, make_ticket
-from tests.web.test_consent_page import CHROMIUM, CHROMIUM_ARGS, Inbox
+from tests.web.test_consent_page import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (see .ci/run)"
 )
 
 LINK = re.compile(r"https?://\S+/confirm/[A-Za-z0-9_-]+")
-
-
-@pytest.fixture
-def smtp():
-    from aiosmtpd.controller import Controller
-
-    inbox, port = Inbox(), free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield inbox, port
-    finally:
-        controller.stop()
 
 
 async def test_estimate_mail_chromium_click_then_card_and_staff_confirmation(db_url, smtp):
