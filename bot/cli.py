@@ -40,6 +40,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C, or one before the event loop took over
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        # Any command that opens the database refuses one a newer version migrated.
+        if _is_newer_database(error):
+            print(f"support-bot: {error}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _is_newer_database(error: Exception) -> bool:
+    # Only `bot.storage.db` raises it, so it is imported once that is possible.
+    db = sys.modules.get("bot.storage.db")
+    return db is not None and isinstance(error, db.NewerDatabaseError)
 
 
 # -- parser -----------------------------------------------------------------------------------
