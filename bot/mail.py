@@ -1,29 +1,30 @@
-"""Outgoing e-mail: the SMTP sender and the consent e-mail (R7).
+"""Outgoing e-mail over SMTP: the `Mailer`, the MIME message, and `Mail`, one message to send.
+
+This module knows how to send, never what to say: the wording of an e-mail belongs to its
+subject's module (the consent e-mail is `bot.consent.consent_mail`). A `Mail` is a plain value,
+so it can be built in one place, stored (`to_content`/`from_content`, JSON) and sent later.
 
 `Mailer.send` speaks SMTP through aiosmtplib with the `[mail]` settings and raises `MailError`
 on any failure. Recipient addresses are personal data: they are never logged, and `MailError`
 messages never contain them (SMTP error texts often quote the address, so only the error's
-class and code are kept).
+class and code are kept); nor does the `repr` of a `Mail`, whose body may also carry a secret
+link.
 """
 
 from __future__ import annotations
 
-import html as _html
 import logging
-from datetime import datetime
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
-from zoneinfo import ZoneInfo
 
 import aiosmtplib
 
 from bot.config import MailConfig
-from bot.i18n import N_, NP_, Msg, Translator
-from bot.rules import format_duration
-from bot.web.pages import CONFIRMATION_RULE, LINK_EXPIRY, RULE_INTRO
 
-__all__ = ["IMPLICIT_TLS_PORT", "MailError", "Mailer", "build_message", "consent_mail"]
+__all__ = ["IMPLICIT_TLS_PORT", "Mail", "MailError", "Mailer", "build_message"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,34 @@ IMPLICIT_TLS_PORT = 465
 
 class MailError(Exception):
     """An e-mail could not be sent. The message never contains the recipient's address."""
+
+
+@dataclass(frozen=True, slots=True)
+class Mail:
+    """One e-mail to send: recipient, subject, plain text and an optional HTML alternative.
+
+    Only the subject shows in its `repr`: the address is personal data and the body may carry
+    a secret link.
+    """
+
+    to: str = field(repr=False)
+    subject: str
+    text: str = field(repr=False)
+    html: str | None = field(default=None, repr=False)
+
+    def to_content(self) -> dict[str, str | None]:
+        """The mail as a JSON object (for an outbox row); `from_content` reads it back."""
+        return {"to": self.to, "subject": self.subject, "text": self.text, "html": self.html}
+
+    @classmethod
+    def from_content(cls, content: Mapping[str, object]) -> Mail:
+        """The mail stored by `to_content`; raises `ValueError` if `content` is not one."""
+        to, subject, text, html = (content.get(key) for key in ("to", "subject", "text", "html"))
+        if not (isinstance(to, str) and isinstance(subject, str) and isinstance(text, str)):
+            raise ValueError("not a stored mail: to, subject and text must be strings")
+        if html is not None and not isinstance(html, str):
+            raise ValueError("not a stored mail: html must be a string or null")
+        return cls(to=to, subject=subject, text=text, html=html)
 
 
 class Mailer:
@@ -69,6 +98,10 @@ class Mailer:
             raise MailError(f"SMTP delivery failed: {detail}") from None
         log.info("mail: sent %r", subject)
 
+    async def send_mail(self, mail: Mail) -> None:
+        """Send `mail`; raises `MailError` when it cannot be handed to the server."""
+        await self.send(mail.to, mail.subject, mail.text, mail.html)
+
 
 def build_message(
     sender: str, to: str, subject: str, text: str, html: str | None = None
@@ -89,91 +122,3 @@ def build_message(
     if html is not None:
         message.add_alternative(html, subtype="html")
     return message
-
-
-# -- the consent e-mail -----------------------------------------------------------------------
-
-_SUBJECT = NP_(
-    "{ref}: please confirm the intervention ({n} ticket)",
-    "{ref}: please confirm the intervention ({n} tickets)",
-)
-_ESTIMATE = NP_(
-    "The support team estimated intervention {ref} at {duration}, that is {n} ticket.",
-    "The support team estimated intervention {ref} at {duration}, that is {n} tickets.",
-)
-_GREETING = N_("Hello,")
-_HOW = N_("To confirm it, open this link and press the “Confirm” button:")
-_NOTHING_BEFORE = N_(
-    "Nothing will be done before you confirm. If you do not want this intervention, ignore "
-    "this e-mail and tell us in the support room."
-)
-_SIGNATURE = N_("The support team")
-_BUTTON = N_("Review and confirm")
-
-
-def consent_mail(
-    tr: Translator,
-    *,
-    ref: str,
-    tickets: int,
-    estimate_minutes: int,
-    link: str,
-    expires_at: datetime,
-    tz: ZoneInfo,
-) -> tuple[str, str, str]:
-    """(subject, text, html) of the e-mail asking the client to confirm an intervention."""
-    subject = tr.render(Msg(_SUBJECT[0], {"ref": ref}, _SUBJECT[1], tickets), tz)
-    estimate = tr.render(
-        Msg(
-            _ESTIMATE[0],
-            {"ref": ref, "duration": format_duration(estimate_minutes)},
-            _ESTIMATE[1],
-            tickets,
-        ),
-        tz,
-    )
-    rule = tr.gettext(CONFIRMATION_RULE)
-    expiry = tr.render(Msg(LINK_EXPIRY, {"expires_at": expires_at}), tz)
-    greeting, rule_intro, how = tr.gettext(_GREETING), tr.gettext(RULE_INTRO), tr.gettext(_HOW)
-    nothing, signature = tr.gettext(_NOTHING_BEFORE), tr.gettext(_SIGNATURE)
-
-    text = "\n\n".join(
-        [
-            greeting,
-            estimate,
-            f"{rule_intro}\n« {rule} »" if tr.locale == "fr" else f'{rule_intro}\n"{rule}"',
-            f"{how}\n{link}",
-            expiry,
-            nothing,
-            f"-- \n{signature}",
-        ]
-    )
-
-    def p(value: str) -> str:
-        return f"<p>{_html.escape(value)}</p>"
-
-    href = _html.escape(link, quote=True)
-    html = (
-        f'<!DOCTYPE html>\n<html lang="{_html.escape(tr.locale)}"><head><meta charset="utf-8">'
-        f"<title>{_html.escape(subject)}</title></head>"
-        '<body style="font-family:sans-serif;line-height:1.5;color:#1a1a1a;max-width:40em">'
-        + p(greeting)
-        + p(estimate)
-        + p(rule_intro)
-        + '<blockquote style="margin:0 0 1em;padding:.5em 1em;border-left:4px solid #888">'
-        + _html.escape(rule)
-        + "</blockquote>"
-        + p(how)
-        + f'<p><a href="{href}" style="display:inline-block;padding:.7em 1.2em;'
-        'background:#1f5fbf;color:#fff;text-decoration:none;border-radius:6px">'
-        + _html.escape(tr.gettext(_BUTTON))
-        + "</a></p>"
-        + f'<p style="word-break:break-all;font-size:.9em"><a href="{href}">'
-        + _html.escape(link)
-        + "</a></p>"
-        + p(expiry)
-        + p(nothing)
-        + p(signature)
-        + "</body></html>\n"
-    )
-    return subject, text, html

@@ -38,10 +38,7 @@ from tortoise.transactions import in_transaction
 
 from bot.calendar_ics import FeedEvent, staff_feed_ics
 from bot.config import Config
-from bot.i18n import N_, Catalogs, Msg, Translator, normalize_locale
-from bot.storage.models import Booking, StaffFeed, UserPref
-from bot.web import pages
-from bot.web.consent import (
+from bot.consent import (
     Confirmed,
     ConsentProblem,
     ProblemKind,
@@ -49,6 +46,9 @@ from bot.web.consent import (
     confirmation_link,
     consent_status,
 )
+from bot.i18n import N_, Catalogs, Msg, Translator, normalize_locale
+from bot.storage.models import Booking, StaffFeed, UserPref
+from bot.web import pages
 from bot.web.tokens import check_csrf, csrf_token, looks_like_token, new_token, token_hash
 
 __all__ = [
@@ -349,7 +349,7 @@ async def _calendar(request: web.Request) -> web.Response:
     )
 
 
-# -- links (confirmation_link is in bot.web.consent) ----------------------------------------
+# -- links (confirmation_link is in bot.consent) ----------------------------------------------
 
 
 def feed_link(public_url: str, token: str) -> str:

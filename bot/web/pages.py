@@ -1,30 +1,33 @@
 """HTML of the confirmation pages: small, self-contained, readable on a phone.
 
 No external asset (the Content-Security-Policy forbids them): the CSS is inline and there is
-no script. Every value, translated text included, goes through `html.escape`.
+no script. Every value, translated text included, goes through `html.escape`. The rule texts
+the page quotes (`CONFIRMATION_RULE`, `RULE_INTRO`, `LINK_EXPIRY`) are the consent e-mail's
+too: they belong to `bot.consent`, which decides what a link shows.
 """
 
 from __future__ import annotations
 
 import html
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from babel import Locale
 
+from bot.consent import (
+    CONFIRMATION_RULE,
+    LINK_EXPIRY,
+    RULE_INTRO,
+    Confirmed,
+    ConsentProblem,
+    ConsentView,
+)
 from bot.domain.intake import CATEGORIES
 from bot.i18n import N_, NP_, Msg, Translator
 from bot.rules import format_duration
 
-if TYPE_CHECKING:
-    from bot.web.consent import Confirmed, ConsentProblem, ConsentView
-
 __all__ = [
-    "CONFIRMATION_RULE",
     "CSRF_FIELD",
-    "LINK_EXPIRY",
-    "RULE_INTRO",
     "consent_page",
     "forbidden_page",
     "problem_page",
@@ -33,16 +36,6 @@ __all__ = [
 
 #: The form field carrying the CSRF value.
 CSRF_FIELD = "csrf"
-
-# Translators: the rule of the terms of service, quoted. The French terms say exactly:
-# "Si l'intervention peut dépasser les deux (2) tickets une confirmation par courriel est
-# demandée avant l'intervention."
-CONFIRMATION_RULE = N_(
-    "If the intervention may exceed two (2) tickets, a confirmation by e-mail is required "
-    "before the intervention."
-)
-RULE_INTRO = N_("Our terms of service say:")
-LINK_EXPIRY = N_("The link works once and expires on {expires_at}.")
 
 _CATEGORY_LABELS = {choice.key: choice.label for choice in CATEGORIES}
 _ESTIMATE = NP_("{duration}, that is {n} ticket", "{duration}, that is {n} tickets")

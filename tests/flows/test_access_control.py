@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from tortoise.models import Model
 
+from bot.consent import issue_confirmation
 from bot.dispatch import STAFF_ONLY, Context, addressed
 from bot.domain.tickets import Channel, Kind, Status, initial_state, sla_business_days
 from bot.i18n import Msg
@@ -44,7 +45,6 @@ from bot.storage.models import (
 from bot.testing.harness import BOT, STAFF, STAFF_ROOM, BotHarness, FakeClock, Sent
 from bot.testing.harness import test_config as make_config
 from bot.video.jitsi import JitsiProvider
-from bot.web.consent import issue_confirmation
 from handlers import build_router
 from handlers.booking import offer_slots
 from handlers.common import NOT_FOUND, post_card

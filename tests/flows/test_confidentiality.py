@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from bot.config import MailConfig
+from bot.consent import Confirmed, confirm
 from bot.mail import Mailer
 from bot.storage.models import Booking, Ticket
 from bot.testing.harness import BOT, STAFF, STAFF_ROOM, BotHarness, FakeClock, Sent
@@ -30,7 +31,6 @@ from bot.testing.harness import test_config as make_config
 from bot.testing.net import free_port
 from bot.testing.smtp import Inbox
 from bot.video.jitsi import JitsiProvider
-from bot.web.consent import Confirmed, confirm
 from handlers import interventions
 
 MONDAY_9H = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)  # 09:00 in Paris

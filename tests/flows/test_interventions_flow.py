@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from bot.config import MailConfig
+from bot.consent import Confirmed, confirm
 from bot.domain import tickets as lifecycle
 from bot.domain.tickets import Channel, Kind, Status
 from bot.i18n import Msg
@@ -27,7 +28,6 @@ from bot.storage.models import AuditEntry, Client, Reaction, Ticket, TimeLog
 from bot.testing.harness import STAFF, STAFF_ROOM, BotHarness, Sent
 from bot.testing.harness import test_config as base_config
 from bot.testing.net import free_port
-from bot.web.consent import Confirmed, confirm
 from handlers import interventions as iv
 
 DM = "!dm-alice:test"

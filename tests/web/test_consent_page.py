@@ -24,15 +24,7 @@ from prometheus_client import CollectorRegistry
 from tortoise.backends.base.executor import EXECUTOR_CACHE
 
 from bot.config import Config, MailConfig, MatrixConfig, WebConfig
-from bot.i18n import LOCALES_DIR, Catalogs
-from bot.mail import Mailer, MailError, build_message, consent_mail
-from bot.storage.db import close_db, open_db
-from bot.storage.models import AuditEntry, Client, ConfirmationToken, Ticket
-from bot.testing.net import free_port
-from bot.testing.smtp import Inbox
-from bot.web import pages
-from bot.web.app import SECURITY_HEADERS, build_web_app, start_web, stop_web
-from bot.web.consent import (
+from bot.consent import (
     AUDIT_ACTION,
     AUDIT_ACTOR,
     Confirmed,
@@ -41,10 +33,19 @@ from bot.web.consent import (
     ProblemKind,
     confirm,
     confirmation_link,
+    consent_mail,
     consent_status,
     issue_confirmation,
     request_consent,
 )
+from bot.i18n import LOCALES_DIR, Catalogs
+from bot.mail import Mailer, MailError, build_message
+from bot.storage.db import close_db, open_db
+from bot.storage.models import AuditEntry, Client, ConfirmationToken, Ticket
+from bot.testing.net import free_port
+from bot.testing.smtp import Inbox
+from bot.web import pages
+from bot.web.app import SECURITY_HEADERS, build_web_app, start_web, stop_web
 from bot.web.tokens import check_csrf, csrf_token, new_token, token_hash
 
 ROOT = Path(__file__).resolve().parents[2]

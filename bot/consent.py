@@ -1,5 +1,12 @@
 """The client's consent to an intervention estimated above two tickets (R7, SPEC §6).
 
+This module owns the consent from end to end, whatever carries it: the rule texts the e-mail
+and the page quote, the wording of the consent e-mail (`consent_mail`), issuing a link and the
+e-mail carrying it (`prepare_consent`, one set of rules for every caller), what a link's page
+shows (`consent_status`) and recording the consent (`confirm`). It does not send mail (the
+caller hands the returned `Mail` to `bot.mail` or to an outbox) and renders no HTML page
+(`bot.web.pages`, which imports the rule texts from here).
+
 `issue_confirmation` stores a single-use, expiring link token (hashed) and returns the raw
 token for the e-mail; `consent_status` tells what the link's page should show without changing
 anything (mail scanners open links); `confirm` records the consent in one transaction.
@@ -18,10 +25,12 @@ the most useful thing to tell the client):
 
 from __future__ import annotations
 
+import html as _html
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from tortoise.backends.base.client import BaseDBAsyncClient
@@ -29,25 +38,37 @@ from tortoise.transactions import in_transaction
 
 from bot.config import Config
 from bot.domain.tickets import Refusal, client_confirm
-from bot.i18n import Catalogs, Msg
-from bot.mail import Mailer, MailError, consent_mail
-from bot.rules import tickets_for
-from bot.storage.models import ConfirmationToken, Ticket
+from bot.i18n import N_, NP_, Catalogs, Msg, Translator
+from bot.mail import Mail, MailError
+from bot.rules import format_duration, tickets_for
+from bot.storage.models import Client, ConfirmationToken, Ticket, UserPref
 from bot.storage.repo import apply_state, audit, ticket_state
 from bot.web.tokens import looks_like_token, new_token, token_hash
+
+if TYPE_CHECKING:
+    from bot.mail import Mailer
 
 __all__ = [
     "AUDIT_ACTION",
     "AUDIT_ACTOR",
+    "CONFIRMATION_RULE",
+    "LINK_EXPIRY",
+    "RULE_INTRO",
+    "ClientContact",
     "ConfirmResult",
     "Confirmed",
     "ConsentProblem",
+    "ConsentRequest",
     "ConsentView",
+    "NoAddress",
     "ProblemKind",
+    "client_contact",
     "confirm",
     "confirmation_link",
+    "consent_mail",
     "consent_status",
     "issue_confirmation",
+    "prepare_consent",
     "request_consent",
     "summarize",
 ]
@@ -59,6 +80,18 @@ AUDIT_ACTION = "client_confirmed"
 SUMMARY_CHARS = 280
 # Optimistic-lock retries when the ticket row changed under us (SQLite has no FOR UPDATE).
 _ATTEMPTS = 3
+
+# -- the rule, quoted by the e-mail and by the page -------------------------------------------
+
+# Translators: the rule of the terms of service, quoted. The French terms say exactly:
+# "Si l'intervention peut dépasser les deux (2) tickets une confirmation par courriel est
+# demandée avant l'intervention."
+CONFIRMATION_RULE = N_(
+    "If the intervention may exceed two (2) tickets, a confirmation by e-mail is required "
+    "before the intervention."
+)
+RULE_INTRO = N_("Our terms of service say:")
+LINK_EXPIRY = N_("The link works once and expires on {expires_at}.")
 
 
 class ProblemKind(StrEnum):
@@ -111,8 +144,118 @@ class Confirmed:
 ConfirmResult = Confirmed | ConsentProblem
 
 
+@dataclass(frozen=True, slots=True)
+class ConsentRequest:
+    """A link just issued for the ticket's estimate, and the e-mail carrying it (not sent)."""
+
+    expires_at: datetime
+    tickets: int
+    mail: Mail
+
+
+@dataclass(frozen=True, slots=True)
+class NoAddress:
+    """No link issued: neither the ticket nor its client has an e-mail address."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientContact:
+    """Where and in which language to write to a ticket's client, as `prepare_consent` needs."""
+
+    email: str | None = field(repr=False)  # personal data: kept out of logs
+    locale: str
+
+
 class _Changed(Exception):
     """The ticket row changed between read and write: try again."""
+
+
+# -- the consent e-mail -----------------------------------------------------------------------
+
+_SUBJECT = NP_(
+    "{ref}: please confirm the intervention ({n} ticket)",
+    "{ref}: please confirm the intervention ({n} tickets)",
+)
+_ESTIMATE = NP_(
+    "The support team estimated intervention {ref} at {duration}, that is {n} ticket.",
+    "The support team estimated intervention {ref} at {duration}, that is {n} tickets.",
+)
+_GREETING = N_("Hello,")
+_HOW = N_("To confirm it, open this link and press the “Confirm” button:")
+_NOTHING_BEFORE = N_(
+    "Nothing will be done before you confirm. If you do not want this intervention, ignore "
+    "this e-mail and tell us in the support room."
+)
+_SIGNATURE = N_("The support team")
+_BUTTON = N_("Review and confirm")
+
+
+def consent_mail(
+    tr: Translator,
+    *,
+    ref: str,
+    tickets: int,
+    estimate_minutes: int,
+    link: str,
+    expires_at: datetime,
+    tz: ZoneInfo,
+) -> tuple[str, str, str]:
+    """(subject, text, html) of the e-mail asking the client to confirm an intervention."""
+    subject = tr.render(Msg(_SUBJECT[0], {"ref": ref}, _SUBJECT[1], tickets), tz)
+    estimate = tr.render(
+        Msg(
+            _ESTIMATE[0],
+            {"ref": ref, "duration": format_duration(estimate_minutes)},
+            _ESTIMATE[1],
+            tickets,
+        ),
+        tz,
+    )
+    rule = tr.gettext(CONFIRMATION_RULE)
+    expiry = tr.render(Msg(LINK_EXPIRY, {"expires_at": expires_at}), tz)
+    greeting, rule_intro, how = tr.gettext(_GREETING), tr.gettext(RULE_INTRO), tr.gettext(_HOW)
+    nothing, signature = tr.gettext(_NOTHING_BEFORE), tr.gettext(_SIGNATURE)
+
+    text = "\n\n".join(
+        [
+            greeting,
+            estimate,
+            f"{rule_intro}\n« {rule} »" if tr.locale == "fr" else f'{rule_intro}\n"{rule}"',
+            f"{how}\n{link}",
+            expiry,
+            nothing,
+            f"-- \n{signature}",
+        ]
+    )
+
+    def p(value: str) -> str:
+        return f"<p>{_html.escape(value)}</p>"
+
+    href = _html.escape(link, quote=True)
+    html = (
+        f'<!DOCTYPE html>\n<html lang="{_html.escape(tr.locale)}"><head><meta charset="utf-8">'
+        f"<title>{_html.escape(subject)}</title></head>"
+        '<body style="font-family:sans-serif;line-height:1.5;color:#1a1a1a;max-width:40em">'
+        + p(greeting)
+        + p(estimate)
+        + p(rule_intro)
+        + '<blockquote style="margin:0 0 1em;padding:.5em 1em;border-left:4px solid #888">'
+        + _html.escape(rule)
+        + "</blockquote>"
+        + p(how)
+        + f'<p><a href="{href}" style="display:inline-block;padding:.7em 1.2em;'
+        'background:#1f5fbf;color:#fff;text-decoration:none;border-radius:6px">'
+        + _html.escape(tr.gettext(_BUTTON))
+        + "</a></p>"
+        + f'<p style="word-break:break-all;font-size:.9em"><a href="{href}">'
+        + _html.escape(link)
+        + "</a></p>"
+        + p(expiry)
+        + p(nothing)
+        + p(signature)
+        + "</body></html>\n"
+    )
+    return subject, text, html
 
 
 # -- issuing ----------------------------------------------------------------------------------
@@ -160,24 +303,37 @@ def confirmation_link(public_url: str, token: str) -> str:
     return f"{public_url.rstrip('/')}/confirm/{token}"
 
 
-async def request_consent(
+async def client_contact(ticket: Ticket) -> ClientContact:
+    """The client's address on file and current language: their preference (`UserPref`), else
+    the ticket's locale. What `request_consent` passes to `prepare_consent`."""
+    client = await Client.get(id=ticket.client_id)  # type: ignore[attr-defined]
+    pref = await UserPref.get_or_none(user_key=client.key)
+    return ClientContact(email=client.email, locale=pref.locale if pref else ticket.locale)
+
+
+async def prepare_consent(
     ticket: Ticket,
     *,
+    client_email: str | None,
+    locale: str,
     config: Config,
     catalogs: Catalogs,
-    mailer: Mailer,
     now: datetime,
-) -> datetime:
-    """Issue a link for the ticket's current estimate and e-mail it to the client.
+) -> ConsentRequest | NoAddress:
+    """Issue a link for the ticket's current estimate and write the e-mail that carries it.
 
-    Returns when the link expires. Raises `MailError` when the e-mail cannot be sent (also when
-    the ticket has no address); the stored link then simply goes unused, and asking again
-    issues a new one that replaces it.
+    The rules, the same for every caller: the address is the ticket's, else `client_email`
+    (the client's); the e-mail is in `locale` (the caller passes the client's current
+    preference, else the ticket's locale). With no address, nothing is stored and `NoAddress`
+    is returned. Otherwise the token row is written (in the caller's transaction when there is
+    one, so it commits or rolls back with it) and the e-mail is returned, not sent: a link that
+    goes unused is harmless, and asking again issues one that replaces it.
     """
     if ticket.estimate_minutes is None:
         raise ValueError(f"ticket {ticket.ref} has no estimate to confirm")
-    if not ticket.email:
-        raise MailError("the ticket has no e-mail address")
+    address = ticket.email or client_email
+    if not address:
+        return NoAddress()
     tickets = tickets_for(ticket.estimate_minutes)
     days = config.service.confirmation_link_days
     token = await issue_confirmation(
@@ -190,7 +346,7 @@ async def request_consent(
     )
     expires_at = now + timedelta(days=days)
     subject, text, html = consent_mail(
-        catalogs.get(ticket.locale),
+        catalogs.get(locale),
         ref=ticket.ref,
         tickets=tickets,
         estimate_minutes=ticket.estimate_minutes,
@@ -198,8 +354,37 @@ async def request_consent(
         expires_at=expires_at,
         tz=ZoneInfo(config.service.timezone),
     )
-    await mailer.send(ticket.email, subject, text, html)
-    return expires_at
+    mail = Mail(to=address, subject=subject, text=text, html=html)
+    return ConsentRequest(expires_at=expires_at, tickets=tickets, mail=mail)
+
+
+async def request_consent(
+    ticket: Ticket,
+    *,
+    config: Config,
+    catalogs: Catalogs,
+    mailer: Mailer,
+    now: datetime,
+) -> datetime:
+    """`prepare_consent` for the ticket's client, then send the e-mail at once.
+
+    Returns when the link expires. Raises `MailError` when the e-mail cannot be sent (also when
+    there is no address); a stored link then simply goes unused, and asking again issues a new
+    one that replaces it.
+    """
+    contact = await client_contact(ticket)
+    request = await prepare_consent(
+        ticket,
+        client_email=contact.email,
+        locale=contact.locale,
+        config=config,
+        catalogs=catalogs,
+        now=now,
+    )
+    if isinstance(request, NoAddress):
+        raise MailError("neither the ticket nor its client has an e-mail address")
+    await mailer.send_mail(request.mail)
+    return request.expires_at
 
 
 # -- reading ----------------------------------------------------------------------------------
