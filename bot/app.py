@@ -1,4 +1,7 @@
-"""Composition root: the one place where objects are built and wired together."""
+"""Composition root: the one place where objects are built and wired, in a straight line:
+config → storage → services → Matrix shell → dispatcher → run. Nothing imports this module
+but the command line.
+"""
 
 from __future__ import annotations
 
@@ -6,190 +9,28 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter
+import aiohttp
 
 from bot.config import Config
-from bot.domain.bridge import bridge_client_key, parse_bridged
-from bot.i18n import Catalogs, Translator, normalize_locale
-from bot.matrix.inbound import Incoming, IncomingText
-from bot.rules import BusinessCalendar
-from bot.storage.models import Client, UserPref
-
-if TYPE_CHECKING:
-    import aiohttp
-
-    from bot.dispatch import Dispatcher, Sender
-    from bot.mail import Mailer
-    from bot.matrix.transport import Transport
-    from bot.video.base import VideoProvider
+from bot.dispatch import Dispatcher
+from bot.events import Incoming
+from bot.i18n import Catalogs
+from bot.mail import Mailer
+from bot.matrix.client import MatrixShell
+from bot.outbox import Deliverer
+from bot.services import Metrics, Services, sweep_forever, utc_now
+from bot.storage.db import close_db, open_db
+from bot.storage.tags import SentTags
+from bot.video import build_provider
+from bot.web.app import build_web_app, start_web
+from handlers import build_router, sweepers
+from handlers.interventions import on_client_confirmed
 
 log = logging.getLogger(__name__)
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass
-class Metrics:
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
-
-    def __post_init__(self) -> None:
-        self.events = Counter(
-            "support_bot_events", "Matrix events handled", ["kind"], registry=self.registry
-        )
-        self.errors = Counter(
-            "support_bot_handler_errors", "Handler errors (apologised for)", registry=self.registry
-        )
-        self.tickets = Counter(
-            "support_bot_requests_opened",
-            "Tickets, questions and quotes opened",
-            ["kind"],
-            registry=self.registry,
-        )
-
-
-class Services:
-    """What handlers reach through `ctx.services`: config, clock, calendar, transport…"""
-
-    def __init__(
-        self,
-        config: Config,
-        *,
-        catalogs: Catalogs,
-        transport: Transport,
-        clock: Callable[[], datetime] = utc_now,
-        metrics: Metrics | None = None,
-        staff_room_id: Callable[[], str | None] | None = None,
-        http: aiohttp.ClientSession | None = None,
-        video: VideoProvider | None = None,
-        mailer: Mailer | None = None,
-    ):
-        self.config = config
-        self.catalogs = catalogs
-        self.transport = transport
-        self.clock = clock
-        self.metrics = metrics or Metrics()
-        self.tz = ZoneInfo(config.service.timezone)
-        self.calendar = BusinessCalendar(
-            country=config.service.country,
-            timezone=config.service.timezone,
-            day_end=config.service.day_end,
-            day_start=config.service.day_start,
-        )
-        self._staff_room_id = staff_room_id or (lambda: None)
-        self._bridges = {bridge.user_id: bridge for bridge in config.bridges}
-        self._staff = frozenset(config.matrix.staff)
-        self.http = http
-        self.video = video
-        self.mailer = mailer
-        self.dispatcher: Dispatcher | None = None
-        # Hooks other modules register (e.g. the web server telling the chat side).
-        self.extras: dict[str, Any] = {}
-
-    # Identity -------------------------------------------------------------------------------
-    def bot_user_id(self) -> str:
-        return self.config.matrix.user_id
-
-    def staff_room_id(self) -> str | None:
-        return self._staff_room_id()
-
-    def is_bridge(self, user_id: str) -> bool:
-        return user_id in self._bridges
-
-    def identify(self, event: Incoming) -> Sender:
-        from bot.dispatch import Sender
-
-        bridge = self._bridges.get(event.sender)
-        if bridge is not None and isinstance(event, IncomingText):
-            parsed = parse_bridged(event.body, bridge.nick_format)
-            if parsed is not None:
-                return Sender(
-                    event.sender, bridge_client_key(event.room_id, parsed.nick), parsed.nick
-                )
-        return Sender(event.sender, event.sender)
-
-    def text_of(self, sender: Sender, event: IncomingText) -> str:
-        """What the person wrote (without a bridge's nickname prefix; no U+0000, which
-        PostgreSQL refuses and nobody types)."""
-        body = event.body.replace("\x00", "")
-        if sender.bridged:
-            bridge = self._bridges[sender.user_id]
-            parsed = parse_bridged(body, bridge.nick_format)
-            return parsed.text if parsed else body
-        return body
-
-    def is_staff(self, sender: Sender) -> bool:
-        """Configured staff, or staff-room members with power level ≥ 50. Never a bridge."""
-        if sender.bridged or sender.user_id in self._bridges:
-            return False
-        if sender.user_id in self._staff:
-            return True
-        room = self.staff_room_id()
-        if room is None:
-            return False
-        try:
-            return (
-                sender.user_id in self.transport.joined_members(room)
-                and self.transport.power_level(room, sender.user_id) >= 50
-            )
-        except Exception:  # the room may not be synced yet
-            return False
-
-    def is_staff_user(self, user_id: str) -> bool:
-        from bot.dispatch import Sender
-
-        return self.is_staff(Sender(user_id, user_id))
-
-    # Language ---------------------------------------------------------------------------------
-    async def locale_for(self, user_key: str, room_id: str | None = None) -> str:
-        pref = await UserPref.get_or_none(user_key=user_key)
-        if pref is not None:
-            return pref.locale
-        return self.config.service.default_locale
-
-    def staff_tr(self) -> Translator:
-        return self.catalogs.get(self.config.service.default_locale)
-
-    def tr(self, locale: str | None) -> Translator:
-        return self.catalogs.get(normalize_locale(locale) if locale else None)
-
-    # Metrics ------------------------------------------------------------------------------------
-    def count_event(self, kind: str) -> None:
-        self.metrics.events.labels(kind=kind).inc()
-
-    def count_error(self) -> None:
-        self.metrics.errors.inc()
-
-    async def client_for(self, sender: Sender, now: datetime) -> Client:
-        client, _ = await Client.get_or_create(
-            key=sender.key,
-            defaults={"created_at": now, "display_name": sender.nick},
-        )
-        return client
-
-
-Sweeper = Callable[[Services, datetime], Awaitable[None]]
-
-
-async def sweep_forever(
-    services: Services, sweepers: list[Sweeper], stop: asyncio.Event, every: float = 30.0
-) -> None:
-    """Time-outs are database columns swept here, never in-memory timers."""
-    while not stop.is_set():
-        for sweeper in sweepers:
-            try:
-                await sweeper(services, services.clock())
-            except Exception:
-                log.exception("sweeper %s failed", getattr(sweeper, "__name__", sweeper))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=every)
 
 
 async def run_bot(
@@ -200,17 +41,6 @@ async def run_bot(
     clock: Callable[[], datetime] = utc_now,
 ) -> None:
     """Run the bot until `stop` is set: database, Matrix, outbox, sweepers and web server."""
-    import aiohttp
-
-    from bot.dispatch import Dispatcher
-    from bot.mail import Mailer
-    from bot.matrix.client import MatrixShell
-    from bot.outbox import Deliverer
-    from bot.storage.db import close_db, open_db
-    from bot.video import build_provider
-    from bot.web.app import build_web_app, start_web
-    from handlers import build_router, sweepers
-
     stop = stop or asyncio.Event()
     catalogs = Catalogs.load(default=config.service.default_locale)
     applied = await open_db(config.database.url)
@@ -231,7 +61,7 @@ async def run_bot(
         shell = MatrixShell(
             config,
             on_batch=on_batch,
-            is_staff_inviter=lambda user_id: services.is_staff_user(user_id),
+            is_staff_inviter=lambda user_id: services.identity.is_staff_user(user_id),
             clock=clock,
         )
         try:
@@ -250,18 +80,16 @@ async def run_bot(
             video=video,
             mailer=Mailer(config.mail),
         )
-        deliverer = Deliverer(shell.transport, clock)
+        deliverer = Deliverer(shell.transport, clock, tags=SentTags())
         dispatcher = Dispatcher(
             build_router(), services, wake_delivery=deliverer.wake, deliver=deliverer.offer
         )
-        services.dispatcher = dispatcher
+        services.jobs = dispatcher
         holder["dispatcher"] = dispatcher
 
         async def on_confirmed(ticket_id: int) -> None:
             # The web page confirmed: the chat side updates the card and tells everyone.
-            from handlers import interventions
-
-            await interventions.on_client_confirmed(services, ticket_id)
+            await on_client_confirmed(services, ticket_id)
 
         web = build_web_app(
             config=config,

@@ -7,6 +7,12 @@ and the replies waiting in the outbox, which the `Deliverer` sends with stable t
 
 Routers only record handlers (decorators have no side effect beyond that); `handlers/__init__`
 includes every module's router explicitly.
+
+**Plain text is routed by state, not by module order.** Once the (room, sender) lock is held,
+the router's state loader says once what the sender is in the middle of (`Situation`: an
+intake, a slot choice, nothing…), and the one text handler declared for that situation runs.
+Handler modules never call each other: one that needs another's work done *emits* an effect
+value (`ctx.emit(...)`), and the module owning that work registers for its type.
 """
 
 from __future__ import annotations
@@ -20,14 +26,16 @@ from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
 
-from bot.i18n import N_, Msg, Translator
-from bot.matrix.inbound import (
+from bot.domain.bridge import bridged_nick
+from bot.events import (
+    TEXT_MSGTYPES,
     Incoming,
     IncomingMember,
     IncomingReaction,
@@ -35,10 +43,15 @@ from bot.matrix.inbound import (
     IncomingText,
     IncomingUnreadable,
 )
-from bot.storage.models import HandledEvent, Notice, OutboxItem, UserPref
+from bot.i18n import N_, Msg, Translator
+from bot.identity import Author, Sender
+from bot.storage import repo
+from bot.storage.models import HandledEvent, Notice, OutboxItem
 
 if TYPE_CHECKING:
-    from bot.app import Services
+    from bot.services import Services
+
+__all__ = ["Sender"]  # re-exported: handlers and tests name the sender from here
 
 log = logging.getLogger(__name__)
 
@@ -53,21 +66,29 @@ class DomainError(Exception):
         self.msg = msg
 
 
+class Situation(StrEnum):
+    """What the author of a plain-text message is in the middle of, loaded once per message
+    after the lock is taken; each text handler declares the situations it serves."""
+
+    STAFF_ROOM = "staff_room"  # anything typed in the staff room
+    STAFF_IN_CLIENT_ROOM = "staff_in_client_room"  # staff answering in a client's room
+    NOT_A_CLIENT = "not_a_client"  # a bridge account speaking in its own name
+    INTAKE = "intake"  # answering the questions of a running intake
+    SLOT_CHOICE = "slot_choice"  # a slot number while an offer waits for one
+    IDLE = "idle"  # nothing running: a new request
+
+
 @dataclass(frozen=True, slots=True)
-class Sender:
-    """Who wrote: a Matrix account, or a nickname speaking through a bridge account."""
+class SenderState:
+    """The situation, with what the loader found to decide it (a conversation row…), so the
+    handler does not read it again."""
 
-    user_id: str
-    key: str  # the client identity: the Matrix id, or "bridge:<room id>:<nickname>"
-    nick: str | None = None
+    situation: Situation
+    found: Any = None
 
-    @property
-    def bridged(self) -> bool:
-        return self.nick is not None
 
-    @property
-    def display(self) -> str:
-        return self.nick if self.nick is not None else self.user_id
+StateLoader = Callable[["Context"], Awaitable[SenderState]]
+EffectHandler = Callable[["Context", Any], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +114,10 @@ class Router:
         self.commands: list[CommandSpec] = []
         self.reactions: list[ReactionSpec] = []
         self.redactions: list[Handler] = []
-        self.texts: list[Handler] = []
-        self.staff_texts: list[Handler] = []
+        self.texts: dict[Situation, Handler] = {}
         self.members: list[Handler] = []
+        self.effects: dict[type, list[EffectHandler]] = defaultdict(list)
+        self.state_loader: StateLoader | None = None
 
     def command(
         self, *names: str, help: str, usage: str = "", staff: bool = False
@@ -120,14 +142,34 @@ class Router:
 
         return register
 
-    def text(self, *, staff_room: bool = False) -> Callable[[Handler], Handler]:
-        """Plain text (not a command): in client rooms, or in the staff room."""
+    def text(self, *situations: Situation) -> Callable[[Handler], Handler]:
+        """Plain text (not a command) from a sender in one of `situations`: exactly one
+        handler serves a situation, whatever the order the routers are included in."""
+        if not situations:
+            raise ValueError(f"router {self.name}: a text handler needs its situations")
 
         def register(fn: Handler) -> Handler:
-            (self.staff_texts if staff_room else self.texts).append(fn)
+            for situation in situations:
+                _claim(self.texts, situation, fn, self.name)
             return fn
 
         return register
+
+    def effect(self, kind: type) -> Callable[[EffectHandler], EffectHandler]:
+        """Do the work another module asks for by emitting a `kind` value."""
+
+        def register(fn: EffectHandler) -> EffectHandler:
+            self.effects[kind].append(fn)
+            return fn
+
+        return register
+
+    def states(self, loader: StateLoader) -> StateLoader:
+        """The one function that says what a text's sender is in the middle of."""
+        if self.state_loader is not None:
+            raise ValueError(f"router {self.name}: a state loader is already set")
+        self.state_loader = loader
+        return loader
 
     def member(self) -> Callable[[Handler], Handler]:
         def register(fn: Handler) -> Handler:
@@ -140,15 +182,25 @@ class Router:
         self.commands.extend(other.commands)
         self.reactions.extend(other.reactions)
         self.redactions.extend(other.redactions)
-        self.texts.extend(other.texts)
-        self.staff_texts.extend(other.staff_texts)
+        for situation, fn in other.texts.items():
+            _claim(self.texts, situation, fn, self.name)
         self.members.extend(other.members)
+        for kind, handlers in other.effects.items():
+            self.effects[kind].extend(handlers)
+        if other.state_loader is not None:
+            self.states(other.state_loader)
 
     def find_command(self, name: str) -> CommandSpec | None:
         for spec in self.commands:
             if name in spec.names:
                 return spec
         return None
+
+
+def _claim(table: dict[Situation, Handler], situation: Situation, fn: Handler, name: str) -> None:
+    if situation in table and table[situation] is not fn:
+        raise ValueError(f"router {name}: two text handlers for the situation {situation}")
+    table[situation] = fn
 
 
 @dataclass(slots=True)
@@ -201,9 +253,10 @@ class Context:
     command: str = ""
     args: str = ""
     outgoing: list[Outgoing] = field(default_factory=list)
-    # Set by a text handler that has taken the message as its own (e.g. an intake answer):
-    # the handlers after it do not look at it.
-    taken: bool = False
+    # What the sender is in the middle of (plain text only; loaded once by the dispatcher).
+    state: SenderState | None = None
+    # The whole registry: effects to run, commands to list in !help.
+    router: Router | None = None
 
     @property
     def tz(self) -> ZoneInfo:
@@ -276,6 +329,50 @@ class Context:
             content["formatted_body"] = "* " + html_body
         content["m.new_content"] = new
         self.outgoing.append(Outgoing(room_id, "edit", content, target=target))
+
+    def to_client(
+        self,
+        room_id: str,
+        client_key: str,
+        msg: Msg | str,
+        *,
+        tr: Translator | None = None,
+        on_sent: str | None = None,
+    ) -> None:
+        """Write to a client in `room_id`, in `tr`'s language: the one way every module
+        writes to a client outside the room of the event it answers. Behind a bridge the
+        text is plain and addressed to their nickname."""
+        text = self.render(msg, tr)
+        nick = bridged_nick(client_key, room_id)
+        if nick is not None:
+            self.send(room_id, addressed(nick, text), plain_only=True, on_sent=on_sent)
+        else:
+            self.send(room_id, text, on_sent=on_sent)
+
+    def handles(self, kind: type) -> bool:
+        """Whether some module does the work of an emitted `kind` effect."""
+        return self.router is not None and bool(self.router.effects.get(kind))
+
+    async def emit(self, effect: Any) -> None:
+        """Have the module that owns it do `effect`'s work now, in this event's transaction;
+        its refusals and failures are this event's."""
+        for handler in self.router.effects.get(type(effect), []) if self.router else []:
+            await handler(self, effect)
+
+    async def try_emit(self, effect: Any) -> bool:
+        """`emit` in a savepoint: when the work fails, its rows and messages are dropped and
+        the caller goes on. False when nobody does that work or it failed."""
+        if not self.handles(type(effect)):
+            return False
+        sent = len(self.outgoing)
+        try:
+            async with in_transaction():
+                await self.emit(effect)
+        except Exception:
+            log.exception("effect %s failed", type(effect).__name__)
+            del self.outgoing[sent:]
+            return False
+        return True
 
     def react(self, room_id: str, target: str, key: str) -> None:
         self.outgoing.append(Outgoing(room_id, "reaction", {"key": key}, target=target))
@@ -368,15 +465,16 @@ class Dispatcher:
     async def handle(self, event: Incoming) -> None:
         if event.sender == self.services.bot_user_id():
             return
-        sender = self.services.identify(event)
+        author = self.services.identity.author(event)  # once: who, staff or not, the text
+        sender = author.sender
         lock = self._locks[(event.room_id, sender.key)]
         async with lock:
             if await HandledEvent.exists(event_id=event.event_id):
                 return
             now = self.services.clock()
             try:
-                flooding = await self._flood_check(event, sender, now)
-                ctx = await self._context(event, sender, now)
+                flooding = await self._flood_check(event, author, now)
+                ctx = await self._context(event, author, now)
             except Exception:
                 # Even the preparation may fail (e.g. a database refusing the client key):
                 # it must end in the apology, never escape and stall the sync loop.
@@ -388,6 +486,7 @@ class Dispatcher:
                     now=now,
                     tr=self.services.catalogs.get(None),
                     is_staff=False,
+                    router=self.router,
                 )
                 await self._fail(ctx, now)
                 self.wake_delivery()
@@ -395,7 +494,7 @@ class Dispatcher:
             rows: list[OutboxItem] | None = None  # once committed: handed to the deliverer
             try:
                 async with in_transaction():
-                    await self._route(ctx)
+                    await self._route(ctx, author)
                     if flooding:
                         ctx.reply(Msg(FLOODING))
                     written = await self._commit(ctx, now)
@@ -423,11 +522,12 @@ class Dispatcher:
         else:
             self.wake_delivery()
 
-    async def _flood_check(self, event: Incoming, sender: Sender, now: datetime) -> bool:
+    async def _flood_check(self, event: Incoming, author: Author, now: datetime) -> bool:
         """Count a client's recent messages; pause over the limit. True = tell them now."""
         limit = self.services.config.service.flood_messages_per_minute
-        if limit <= 0 or not isinstance(event, IncomingText) or self.services.is_staff(sender):
+        if limit <= 0 or not isinstance(event, IncomingText) or author.is_staff:
             return False
+        sender = author.sender
         recent = self._recent[sender.key]
         recent.append(now)
         while recent and now - recent[0] > timedelta(minutes=1):
@@ -460,6 +560,7 @@ class Dispatcher:
             now=now,
             tr=self.services.catalogs.get(locale),
             is_staff=True,
+            router=self.router,
         )
         try:
             async with in_transaction():
@@ -513,22 +614,25 @@ class Dispatcher:
             await OutboxItem.bulk_create(rows)
         return rows
 
-    async def _context(self, event: Incoming, sender: Sender, now: datetime) -> Context:
-        locale = await self.services.locale_for(sender.key, event.room_id)
+    async def _context(self, event: Incoming, author: Author, now: datetime) -> Context:
+        locale = await repo.locale_for(
+            author.sender.key, self.services.config.service.default_locale
+        )
         return Context(
             event=event,
             room_id=event.room_id,
-            sender=sender,
+            sender=author.sender,
             services=self.services,
             now=now,
             tr=self.services.catalogs.get(locale),
-            is_staff=self.services.is_staff(sender),
+            is_staff=author.is_staff,
+            router=self.router,
         )
 
-    async def _route(self, ctx: Context) -> None:
+    async def _route(self, ctx: Context, author: Author) -> None:
         event = ctx.event
         if isinstance(event, IncomingText):
-            await self._route_text(ctx, event)
+            await self._route_text(ctx, event, author.text or "")
         elif isinstance(event, IncomingReaction):
             for handler in self._reaction_keys.get(_norm_reaction(event.key), ()):
                 await handler(ctx)
@@ -541,17 +645,16 @@ class Dispatcher:
         elif isinstance(event, IncomingUnreadable):
             # Given up after a day: the sender knows, instead of waiting for an answer. Not
             # for a bridge account's message: there is nobody in particular to tell.
-            if not self.services.is_bridge(event.sender):
+            if not self.services.identity.is_bridge(event.sender):
                 ctx.reply(Msg(UNREADABLE, {"sent": event.ts}))
 
-    async def _route_text(self, ctx: Context, event: IncomingText) -> None:
+    async def _route_text(self, ctx: Context, event: IncomingText, text: str) -> None:
         if event.is_edit:
             return  # an edit of an earlier message is not a new answer
-        if event.msgtype not in ("m.text", "m.notice", "m.emote"):
+        if event.msgtype not in TEXT_MSGTYPES:
             if not ctx.in_staff_room:
                 ctx.reply(Msg(ONLY_TEXT))
             return
-        text = self.services.text_of(ctx.sender, event)
         limit = self.services.config.service.max_message_chars
         if len(text) > limit:
             raise DomainError(
@@ -577,11 +680,12 @@ class Dispatcher:
             await spec.handler(ctx)
             return
         ctx.args = text
-        handlers = self.router.staff_texts if ctx.in_staff_room else self.router.texts
-        for handler in handlers:
+        if self.router.state_loader is None:
+            return
+        ctx.state = await self.router.state_loader(ctx)
+        handler = self.router.texts.get(ctx.state.situation)
+        if handler is not None:
             await handler(ctx)
-            if ctx.taken:
-                break
 
 
 def is_database_outage(error: BaseException) -> bool:
@@ -613,7 +717,3 @@ def is_database_outage(error: BaseException) -> bool:
 def _norm_reaction(key: str) -> str:
     # Clients send ✅ with or without the emoji variation selector.
     return key.replace("\ufe0f", "")
-
-
-async def set_locale(user_key: str, locale: str) -> None:
-    await UserPref.update_or_create(defaults={"locale": locale}, user_key=user_key)

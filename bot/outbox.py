@@ -10,10 +10,10 @@ import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
-from bot.matrix.transport import Transport, TransportError
-from bot.storage.models import OutboxItem, SlotOffer, Ticket
+from bot.ports import Transport, TransportError
+from bot.storage.models import OutboxItem
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +21,14 @@ MAX_ATTEMPTS = 6
 # An event's answers in other rooms than its own (the staff room's card after a client's
 # answer) wait for its own room's answer to be sent, at most this long.
 HEAD_START_SECONDS = 2.0
+
+
+class TagBook(Protocol):
+    """What tags stand for (`bot.storage.tags.SentTags`): the outbox only passes them on."""
+
+    async def resolve(self, tag: str) -> str | None: ...
+
+    async def record(self, tag: str, event_id: str) -> None: ...
 
 
 class Deliverer:
@@ -35,9 +43,12 @@ class Deliverer:
     being read back; `wake()` makes a pass over the table (rows of background jobs, of an
     earlier crash, of a failed attempt; and every 30 s)."""
 
-    def __init__(self, transport: Transport, clock: Callable[[], datetime]):
+    def __init__(
+        self, transport: Transport, clock: Callable[[], datetime], *, tags: TagBook | None = None
+    ):
         self.transport = transport
         self.clock = clock
+        self.tags = tags
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -210,16 +221,9 @@ class Deliverer:
     async def _resolve(self, target: str | None) -> str | None:
         if target is None:
             return None
-        kind, _, value = target.partition(":")
-        if kind == "event":
-            return value
-        if kind == "card":
-            ticket = await Ticket.get_or_none(id=int(value))
-            return ticket.card_event_id if ticket else None
-        if kind == "slot_offer":
-            offer = await SlotOffer.get_or_none(id=int(value))
-            return offer.event_id if offer else None
-        return None
+        if target.startswith("event:"):
+            return target[len("event:") :]
+        return await self.tags.resolve(target) if self.tags is not None else None
 
     async def _send(self, item: OutboxItem) -> str:
         content: dict[str, Any] = dict(item.content)
@@ -235,8 +239,9 @@ class Deliverer:
                 event_id = await self.transport.send_event(
                     item.room_id, "m.room.message", new, item.txn_id
                 )
-                if item.target and item.target.startswith("card:"):
-                    await Ticket.filter(id=int(item.target[5:])).update(card_event_id=event_id)
+                # It stands in for the original from now on: later edits replace it.
+                if item.target and self.tags is not None:
+                    await self.tags.record(item.target, event_id)
                 return event_id
             content["m.relates_to"] = {"rel_type": "m.replace", "event_id": target}
             return await self.transport.send_event(
@@ -268,13 +273,9 @@ class Deliverer:
         raise ValueError(f"unknown outbox kind {item.kind!r}")
 
     async def _after_sent(self, item: OutboxItem, event_id: str) -> None:
-        if not item.on_sent or not event_id:
-            return
-        kind, _, value = item.on_sent.partition(":")
-        if kind == "card":
-            await Ticket.filter(id=int(value)).update(card_event_id=event_id)
-        elif kind == "slot_offer":
-            await SlotOffer.filter(id=int(value)).update(event_id=event_id)
+        """The row's tag (`on_sent`) now stands for the event sent."""
+        if item.on_sent and event_id and self.tags is not None:
+            await self.tags.record(item.on_sent, event_id)
 
 
 async def _store(item: OutboxItem, *names: str) -> None:

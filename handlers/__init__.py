@@ -1,14 +1,20 @@
 """Every handler module's router, included explicitly (importing a module registers nothing
-anywhere else). `build_router()` is called once by the composition root and by the tests."""
+anywhere else). `build_router()` is called once by the composition root and by the tests.
+
+The order of `MODULES` has no meaning for routing: plain text goes to the one handler declared
+for the sender's situation (`handlers.state`), commands and reactions by their names, and a
+module that needs another's work emits an effect (`handlers.effects`). Handler modules never
+import each other (checked by import-linter).
+"""
 
 from __future__ import annotations
 
 import importlib
 
-from bot.app import Sweeper
 from bot.dispatch import Router
+from bot.services import Sweeper
+from handlers.state import load_state
 
-# Order matters for plain text: the first modules see it first.
 MODULES = ("commands", "intake", "staff", "booking", "interventions", "privacy")
 
 
@@ -25,11 +31,9 @@ def _modules() -> list:
 
 def build_router() -> Router:
     root = Router("root")
+    root.states(load_state)
     for module in _modules():
         root.include(module.router)
-    from handlers import commands
-
-    commands.HELP_ROUTER = root
     return root
 
 

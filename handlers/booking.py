@@ -13,7 +13,8 @@ Decisions worth knowing:
   the client's request is not an SLA failure.
 * **Choosing.** A bare number 1–5 (or a keycap typed as text) in the ticket's room acts only when
   the sender has an active offer there and no unfinished intake conversation (intake steps also
-  take numbers). Keycap reactions act only on the offer message and only from its client.
+  take numbers): the situation `SLOT_CHOICE` of `handlers.state`. Keycap reactions act only on
+  the offer message and only from its client.
   Bridged rooms are told to type the number (reactions are not relayed).
 * **Atomic booking.** `Booking.slot_lock = "<staff>|<UTC start>"` is unique: the insert runs in a
   savepoint, and a unique violation means someone else got the slot first; the client is told
@@ -52,28 +53,34 @@ from tortoise.exceptions import IntegrityError
 from tortoise.expressions import Q
 from tortoise.transactions import in_transaction
 
-from bot.app import Services
 from bot.calendar_ics import invitation_ics
 from bot.cards import CHANNEL_LABELS
-from bot.dispatch import Context, DomainError, Router, addressed
-from bot.domain.slots import Busy, Slot, SlotInputError, free_slots, parse_block
+from bot.dispatch import Context, DomainError, Router, Situation
+from bot.domain.bridge import bridged_nick
+from bot.domain.slots import (
+    Busy,
+    Slot,
+    SlotInputError,
+    free_slots,
+    parse_block,
+    parse_slot_choice,
+)
 from bot.domain.tickets import ACTIVE_STATUSES, Channel, Kind, Status
+from bot.events import IncomingReaction
 from bot.i18n import N_, NP_, Msg, Translator
-from bot.matrix.inbound import IncomingReaction
+from bot.services import Services
 from bot.storage import repo
 from bot.storage.models import (
     Block,
     Booking,
     BotState,
     Client,
-    Conversation,
     Reminder,
     SlotOffer,
     Ticket,
 )
 from bot.video import Meeting, VideoError
 from handlers.common import (
-    bridged_nick,
     client_ticket,
     client_translator,
     invite_back,
@@ -81,6 +88,8 @@ from handlers.common import (
     staff_private,
     staff_ticket,
 )
+from handlers.effects import FreeCall, OfferSlots
+from handlers.state import offer_chosen_from
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +100,6 @@ ACTIVE = "active"
 CANCELLED = repo.CANCELLED_BOOKING
 R4_BUSINESS_DAYS = 3
 CALL_CHANNELS = frozenset({Channel.VIDEO, Channel.PHONE})
-#: Intake steps after which a number is no longer an intake answer.
-FINISHED_INTAKE = frozenset({"done", "cancelled", "expired"})
 #: A slot picked later than this before its start is refused (offers can be days old).
 LATE_PICK = timedelta(hours=1)
 #: Reminders this close to the call also prepare the meeting and remind staff.
@@ -100,9 +107,6 @@ PREPARE_WITHIN_MINUTES = 60
 #: How often a missing meeting link is asked for again.
 LINK_RETRY = timedelta(minutes=5)
 ALARM_MINUTES = 15
-# A slot number as typed: "2", "2.", "2)", "2️⃣" (the same grammar the intake module leaves to
-# us; 6–9 get a "choose from the list" answer rather than silence).
-_CHOICE = re.compile(r"\s*(?:([1-9])[.)]?|([1-9])\ufe0f?\u20e3)\s*")
 
 # --- messages (English msgids) ---------------------------------------------------------------
 
@@ -235,10 +239,7 @@ def _slot_from_json(data: dict[str, Any]) -> Slot:
     )
 
 
-def parse_choice(text: str) -> int | None:
-    """The slot number in a client's answer ("2", "2.", "2)", "2️⃣"), else None."""
-    match = _CHOICE.fullmatch(text)
-    return int(match.group(1) or match.group(2)) if match else None
+parse_choice = parse_slot_choice  # the grammar lives with the slots
 
 
 def _keycap_number(key: str) -> int | None:
@@ -281,7 +282,7 @@ class _ClientOut:
         self.ticket = ticket
         self.client = client
         self.tr = tr
-        self.nick = bridged_nick(client.key, ticket.room_id)
+        self.nick = bridged_nick(client.key, ticket.room_id)  # behind a bridge: plain text
 
     @classmethod
     async def load(cls, ctx: Context, ticket: Ticket) -> _ClientOut:
@@ -299,13 +300,7 @@ class _ClientOut:
         return self.tr.format_datetime_long(moment, self.ctx.tz)
 
     def send(self, text: str | Msg, *, on_sent: str | None = None) -> None:
-        plain = self.render(text) if isinstance(text, Msg) else text
-        if self.nick is not None:
-            self.ctx.send(
-                self.ticket.room_id, addressed(self.nick, plain), plain_only=True, on_sent=on_sent
-            )
-        else:
-            self.ctx.send(self.ticket.room_id, plain, on_sent=on_sent)
+        self.ctx.to_client(self.ticket.room_id, self.client.key, text, tr=self.tr, on_sent=on_sent)
 
     def send_file(self, data: bytes, filename: str, body: str) -> None:
         self.ctx.send_file(self.ticket.room_id, data, filename, "text/calendar", body)
@@ -329,28 +324,9 @@ async def _busy(now: datetime) -> list[Busy]:
     return busy
 
 
-async def _intake_active(room_id: str, client_key: str) -> bool:
-    conversation = await Conversation.get_or_none(room_id=room_id, client_key=client_key)
-    return conversation is not None and conversation.step not in FINISHED_INTAKE
-
-
-async def latest_offer(room_id: str, client_key: str) -> SlotOffer | None:
-    """The client's most recent active offer in this room (numbers refer to it)."""
-    return (
-        await SlotOffer.filter(
-            active=True, ticket__room_id=room_id, ticket__client__key=client_key
-        )
-        .order_by("-created_at", "-id")
-        .first()
-    )
-
-
 async def is_slot_choice(room_id: str, client_key: str, text: str) -> bool:
-    """Whether `text` is this client's answer to a pending slot offer (for the intake module,
-    which must then leave it alone instead of starting a new request with it)."""
-    if parse_choice(text) is None or await _intake_active(room_id, client_key):
-        return False
-    return await latest_offer(room_id, client_key) is not None
+    """Whether `text` is this client's answer to a pending slot offer."""
+    return await offer_chosen_from(room_id, client_key, text) is not None
 
 
 # --- offering --------------------------------------------------------------------------------
@@ -438,16 +414,15 @@ async def offer_slots(ctx: Context, ticket: Ticket) -> None:
 # --- choosing --------------------------------------------------------------------------------
 
 
-@router.text()
+@router.text(Situation.SLOT_CHOICE)
 async def choose_by_number(ctx: Context) -> None:
     """A client answers an offer with its number (the only way in bridged rooms)."""
-    if ctx.in_staff_room:
-        return
-    number = parse_choice(ctx.args)
-    if number is None or await _intake_active(ctx.room_id, ctx.sender.key):
-        return
-    offer = await latest_offer(ctx.room_id, ctx.sender.key)
-    if offer is None:
+    if ctx.state is not None:
+        offer = ctx.state.found  # the router found it
+    else:
+        offer = await offer_chosen_from(ctx.room_id, ctx.sender.key, ctx.args)
+    number = parse_slot_choice(ctx.args)
+    if offer is None or number is None:
         return
     await _choose(ctx, offer, number)
 
@@ -751,6 +726,16 @@ async def unbook(ctx: Context) -> None:
         ctx.reply(Msg(UNBOOK_CLIENT, {"ref": ticket.ref, "when": booking.start}))
 
 
+@router.effect(OfferSlots)
+async def on_offer_slots(ctx: Context, effect: OfferSlots) -> None:
+    await offer_slots(ctx, await Ticket.get(id=effect.ticket_id))
+
+
+@router.effect(FreeCall)
+async def on_free_call(ctx: Context, effect: FreeCall) -> None:
+    await cancel_call(ctx, await Ticket.get(id=effect.ticket_id), actor=effect.actor)
+
+
 async def cancel_call(
     ctx: Context, ticket: Ticket, *, actor: str, tell_client: bool = True
 ) -> bool:
@@ -950,7 +935,7 @@ Job = Callable[[Context], Awaitable[None]]
 
 async def send_reminders(services: Services, now: datetime) -> None:
     """Send due reminders (each once: `run_job("reminder:<id>")`) and retry missing links."""
-    dispatcher = services.dispatcher
+    dispatcher = services.jobs
     if dispatcher is None:
         return
     await _retry_links(services, now)
@@ -1038,27 +1023,22 @@ async def _send_reminder(
         )
 
 
-def _retry_due(services: Services) -> dict[int, datetime]:
-    return services.extras.setdefault("booking_link_retry", {})
-
-
 async def _retry_links(services: Services, now: datetime) -> None:
-    """Bookings still without a meeting link: ask the provider again (every LINK_RETRY)."""
-    if services.video is None or services.dispatcher is None:
+    """Bookings still without a meeting link: ask the provider again (every LINK_RETRY; the
+    next try is a column, so a restart neither forgets nor hurries it)."""
+    if services.video is None or services.jobs is None:
         return
-    next_try = _retry_due(services)
-    bookings = await Booking.filter(status=ACTIVE, client_url=None, start__gt=now).select_related(
-        "ticket"
+    bookings = await (
+        Booking.filter(status=ACTIVE, client_url=None, start__gt=now)
+        .filter(Q(link_retry_at__isnull=True) | Q(link_retry_at__lte=now))
+        .select_related("ticket")
     )
     for booking in bookings:
-        if next_try.get(booking.id, now) > now:
-            continue
-        next_try[booking.id] = now + LINK_RETRY
+        await Booking.filter(id=booking.id).update(link_retry_at=now + LINK_RETRY)
         meeting, _ = await _create_meeting(services, booking.ticket, booking)
         if meeting is None:
             continue
-        next_try.pop(booking.id, None)
-        await services.dispatcher.run_job(
+        await services.jobs.run_job(
             f"meeting-link:{booking.id}",
             _link_follows(booking.id, meeting),
             room_id=booking.ticket.room_id,
@@ -1071,7 +1051,8 @@ def _link_follows(booking_id: int, meeting: Meeting) -> Job:
         booking = await Booking.get_or_none(id=booking_id, status=ACTIVE, client_url=None)
         if booking is None:
             return
-        await booking.save(update_fields=_store_meeting(booking, meeting))
+        booking.link_retry_at = None
+        await booking.save(update_fields=[*_store_meeting(booking, meeting), "link_retry_at"])
         ticket = await Ticket.get(id=booking.ticket_id)  # type: ignore[attr-defined]
         out = await _ClientOut.load(ctx, ticket)
         out.send(

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from bot.dispatch import Context, Router, set_locale
+from bot.dispatch import Context, Router
 from bot.i18n import N_, SUPPORTED_LOCALES, Msg, normalize_locale
+from bot.storage.repo import set_locale
 
 router = Router("commands")
-
-# Set by handlers.build_router(): the full registry, so !help lists every module's commands.
-HELP_ROUTER: Router | None = None
 
 
 @router.command("help", "aide", help=N_("Show the commands I understand."))
 async def show_help(ctx: Context) -> None:
-    registry = HELP_ROUTER or router
+    registry = ctx.router or router  # the whole registry: every module's commands
     client_lines: list[str] = []
     staff_lines: list[str] = []
     for spec in registry.commands:

@@ -6,12 +6,16 @@ import logging
 import re
 
 from bot.cards import card_view, render_card
-from bot.dispatch import Context, DomainError, addressed
+from bot.dispatch import Context, DomainError
+from bot.domain.bridge import bridged_nick
 from bot.domain.tickets import Refusal, Status, TicketState
 from bot.i18n import N_, Msg, Translator
-from bot.matrix.transport import TransportError
+from bot.ports import TransportError
 from bot.storage import repo
-from bot.storage.models import Booking, Client, Ticket, UserPref
+from bot.storage.models import Booking, Client, Ticket
+from handlers.effects import FreeCall
+
+__all__ = ["bridged_nick"]  # re-exported for the handler modules
 
 log = logging.getLogger(__name__)
 
@@ -84,27 +88,28 @@ FREES_CALL = frozenset({Status.CANCELLED, Status.DECLINED, Status.UNSOLVABLE})
 
 async def _free_future_call(ctx: Context, ticket: Ticket) -> None:
     if await Booking.filter(ticket_id=ticket.id, status="active", start__gt=ctx.now).exists():
-        from handlers.booking import cancel_call  # the booking module owns calls
-
-        await cancel_call(ctx, ticket, actor=ctx.sender.key)
+        await ctx.emit(FreeCall(ticket.id, actor=ctx.sender.key))  # the booking side's work
 
 
 async def client_translator(ctx: Context, ticket: Ticket) -> Translator:
-    client = await Client.get(id=ticket.client_id)  # type: ignore[attr-defined]
-    pref = await UserPref.get_or_none(user_key=client.key)
-    return ctx.services.catalogs.get(pref.locale if pref else ticket.locale)
+    """The client's language: their current choice, else the one of the request."""
+    return ctx.services.catalogs.get(await repo.client_locale(ticket))
 
 
-async def tell_client(ctx: Context, ticket: Ticket, msg: Msg) -> None:
-    """Write to the client in their room and language (addressing the nickname if bridged)."""
-    client = await Client.get(id=ticket.client_id)  # type: ignore[attr-defined]
+async def tell_client(
+    ctx: Context, ticket: Ticket, *parts: Msg | str, on_sent: str | None = None
+) -> None:
+    """Write to a ticket's client in their room and language (addressing the nickname
+    behind a bridge); several parts make one message, as sentences of one paragraph."""
+    client_key = await ticket_client_key(ticket)
     tr = await client_translator(ctx, ticket)
-    text = tr.render(msg, ctx.tz)
-    nick = bridged_nick(client.key, ticket.room_id)
-    if nick is not None:
-        ctx.send(ticket.room_id, addressed(nick, text), plain_only=True)
-    else:
-        ctx.send(ticket.room_id, text)
+    text = " ".join(ctx.render(part, tr) for part in parts)
+    ctx.to_client(ticket.room_id, client_key, text, on_sent=on_sent)
+
+
+async def ticket_client_key(ticket: Ticket) -> str:
+    client = await Client.get(id=ticket.client_id)  # type: ignore[attr-defined]
+    return client.key
 
 
 def staff_private(ctx: Context) -> bool:
@@ -118,7 +123,7 @@ def staff_private(ctx: Context) -> bool:
     except Exception:  # the room may not be synced yet
         return False
     others = members - {services.bot_user_id()}
-    return bool(members) and all(services.is_staff_user(user) for user in others)
+    return bool(members) and all(services.identity.is_staff_user(user) for user in others)
 
 
 async def invite_back(ctx: Context, room_id: str, user_id: str) -> None:
@@ -131,12 +136,6 @@ async def invite_back(ctx: Context, room_id: str, user_id: str) -> None:
             await transport.invite(room_id, user_id)
     except TransportError as error:
         log.info("re-invite to %s not done: %s", room_id, type(error).__name__)
-
-
-def bridged_nick(client_key: str, room_id: str) -> str | None:
-    """The nickname of a bridged client ("bridge:<room id>:<nick>"; room ids contain colons)."""
-    prefix = f"bridge:{room_id}:"
-    return client_key[len(prefix) :] if client_key.startswith(prefix) else None
 
 
 async def staff_ticket(ctx: Context, example: str = "SP-2026-0042") -> Ticket:

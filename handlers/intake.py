@@ -22,16 +22,17 @@ Decisions worth knowing:
   into a Matrix room); an intake already running in a room goes on where it is.
 * **Slot choices.** After a call ticket the booking module offers numbered slots and reads the
   client's number as plain text. A bare number (or keycap) while the client has an active slot
-  offer in this room and no intake running is therefore left to the booking module instead of
-  starting a new request (R1 would otherwise ask "about your open ticket, or a new problem?").
+  offer in this room and no intake running is routed to the booking module (the situation
+  `SLOT_CHOICE`, see `handlers.state`) instead of starting a new request here (R1 would
+  otherwise ask "about your open ticket, or a new problem?").
 * **Deadlines.** Tickets: `sla_business_days(channel)` (2 for messaging and interventions, 3 for
   calls: R3, R4). Feasibility questions and quote requests bill nothing, but the client still
   gets a date: 2 business days, the messaging commitment, by which the team comes back to them
   (opinion, or an offer to discuss). The same `sla_due` lets staff see them in the queue.
 * **Calls.** Slots are offered for call *tickets* only (a question or quote asked "by video"
-  is first answered by the team). `handlers.booking.offer_slots` is looked up when needed; if
-  the module is missing or fails, the ticket is still opened and the client is told the team
-  will offer slots (the failed attempt is rolled back to a savepoint).
+  is first answered by the team). They are asked for with the `OfferSlots` effect; if no
+  module offers slots or the offer fails, the ticket is still opened and the client is told
+  the team will offer slots (the failed attempt is rolled back to a savepoint).
 * **Time-outs.** `Conversation.due_at` is when the sweeper must look again (reminder, then
   expiry). Each reminder or expiry is a `run_job` keyed by conversation id *and version*: the
   key is unique in the database, so it happens once even across restarts, and any client
@@ -45,16 +46,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
-from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING
 
-from tortoise.transactions import in_transaction
-
 from bot.cards import CHANNEL_LABELS, KIND_LABELS, STATUS_LABELS, defuse
-from bot.dispatch import Context, DomainError, Router, addressed
+from bot.dispatch import Context, DomainError, Router, Situation
 from bot.domain.intake import (
     CATEGORIES,
     AddToTicket,
@@ -83,11 +80,10 @@ from bot.domain.tickets import (
     sla_business_days,
 )
 from bot.i18n import N_, Msg
-from bot.matrix.transport import TransportError
+from bot.ports import TransportError
 from bot.storage import repo
-from bot.storage.models import Client, Conversation, SlotOffer, Ticket, TicketNote
+from bot.storage.models import Client, Conversation, Ticket, TicketNote
 from handlers.common import (
-    bridged_nick,
     change,
     client_ticket,
     find_ref,
@@ -95,9 +91,13 @@ from handlers.common import (
     post_card,
     refresh_card,
 )
+from handlers.effects import OfferSlots
+from handlers.state import RunningIntake, running_intake
+from handlers.state import conversation as _conversation
+from handlers.state import is_shared as _is_shared
 
 if TYPE_CHECKING:
-    from bot.app import Services
+    from bot.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -182,31 +182,25 @@ _PREFIX_FIELD = {
 }
 _CALLS = frozenset({Channel.VIDEO, Channel.PHONE})
 _NOT_OPEN = ENDED_STATUSES | {Status.CLOSED}
-# A slot choice as the booking module reads it: "2", "2.", "2)", "2️⃣".
-_SLOT_PICK = re.compile(r"\s*(?:[1-9][.)]?|[1-9]\ufe0f?\u20e3)\s*")
-
-SlotOfferer = Callable[[Context, Ticket], Awaitable[None]]
 
 
 # -- the conversation ------------------------------------------------------------------------
 
 
-@router.text()
-async def on_text(ctx: Context) -> None:
-    """A client's message that is not a command: the next answer of their intake."""
-    if not _is_client(ctx):
-        return
-    found = await _active_conversation(ctx)
-    if found is not None:
-        here, conv = found
-        ctx.taken = True  # an answer to the intake, not a slot number for the booking module
-        await _advance(here, conv, ctx.args)
-        return
-    if await _slot_choice_pending(ctx, ctx.args):
-        return  # the booking module reads it
+@router.text(Situation.INTAKE)
+async def on_answer(ctx: Context) -> None:
+    """A client's message while their intake runs: the next answer."""
+    assert ctx.state is not None
+    here, conv = await _answered_where(ctx, ctx.state.found)
+    await _advance(here, conv, ctx.args)
+
+
+@router.text(Situation.IDLE)
+async def on_new_text(ctx: Context) -> None:
+    """A client's message while nothing runs: a new request (R1 first asks whether it is
+    about their open ticket)."""
     here = await _conversation_context(ctx)
     conv = await _conversation(here.room_id, ctx.sender.key)
-    ctx.taken = True
     await _start(here, conv, ctx.args, related=True)
 
 
@@ -388,7 +382,7 @@ async def _open_request(ctx: Context, effect: OpenRequest, *, before: list[str])
     prefix = getattr(services.config.service, _PREFIX_FIELD[kind])
     ref = await repo.allocate_ref(prefix, ctx.now.astimezone(ctx.tz).year)
     days = sla_business_days(channel) if kind is Kind.TICKET else _QUESTION_OR_QUOTE_DAYS
-    client = await services.client_for(ctx.sender, ctx.now)
+    client = await _client(ctx)
     ticket = await Ticket.create(
         ref=ref,
         kind=kind.value,
@@ -417,18 +411,20 @@ async def _open_request(ctx: Context, effect: OpenRequest, *, before: list[str])
     services.metrics.tickets.labels(kind=kind.value).inc()
     log.info("opened %s (%s, %s)", ref, kind.value, channel.value)
 
-    offer = _slot_offerer() if kind is Kind.TICKET and channel in _CALLS else None
+    calls = kind is Kind.TICKET and channel in _CALLS
+    can_offer = calls and ctx.handles(OfferSlots)
     lines = [
         Msg(OPENED[kind], {"ref": ref}),
         Msg(COMMITMENT, {"due": ticket.sla_due}),
-        Msg(_next_step(kind, channel, can_offer=offer is not None)),
+        Msg(_next_step(kind, channel, can_offer=can_offer)),
         Msg(FOLLOW_UP, {"ref": ref}),
     ]
     if first_request:
         lines.append(Msg(TERMS, {"url": services.config.service.terms_url}))
     ctx.reply("\n\n".join([*before, *(ctx.render(line) for line in lines)]))
-    if kind is Kind.TICKET and channel in _CALLS:
-        await _offer_slots(ctx, ticket, offer)
+    # Slots right after the ticket; a failure there must not lose the ticket.
+    if can_offer and not await ctx.try_emit(OfferSlots(ticket.id)):
+        ctx.reply(Msg(NEXT_CALL_LATER))
 
 
 def _next_step(kind: Kind, channel: Channel, *, can_offer: bool) -> str:
@@ -441,29 +437,6 @@ def _next_step(kind: Kind, channel: Channel, *, can_offer: bool) -> str:
     if channel is Channel.INTERVENTION:
         return NEXT_INTERVENTION
     return NEXT_MESSAGING
-
-
-def _slot_offerer() -> SlotOfferer | None:
-    try:
-        from handlers import booking
-
-        return booking.offer_slots
-    except (ImportError, AttributeError):
-        return None
-
-
-async def _offer_slots(ctx: Context, ticket: Ticket, offer: SlotOfferer | None) -> None:
-    """Slots right after the ticket; a failure there must not lose the ticket."""
-    if offer is None:
-        return
-    sent = len(ctx.outgoing)
-    try:
-        async with in_transaction():  # a savepoint: the offer's rows go if it fails
-            await offer(ctx, ticket)
-    except Exception:
-        log.exception("offering slots for %s failed", ticket.ref)
-        del ctx.outgoing[sent:]
-        ctx.reply(Msg(NEXT_CALL_LATER))
 
 
 async def _add_to_ticket(ctx: Context, effect: AddToTicket) -> None:
@@ -498,22 +471,12 @@ def _is_client(ctx: Context) -> bool:
     if ctx.is_staff or ctx.in_staff_room:
         return False
     # A bridge account speaking in its own name (not "[nctalk] <nick> …") is no client.
-    return ctx.sender.bridged or not ctx.services.is_bridge(ctx.sender.user_id)
+    return ctx.sender.bridged or not ctx.services.identity.is_bridge(ctx.sender.user_id)
 
 
-def _is_shared(ctx: Context) -> bool:
-    """Someone besides the client, the bot, staff and bridges could read this room (§7)."""
-    if ctx.sender.bridged:
-        return False  # bridged rooms are never moved
-    services = ctx.services
-    if ctx.room_id in services.config.matrix.support_rooms:
-        return True
-    mine = {services.bot_user_id(), ctx.sender.user_id}
-    return any(
-        member not in mine
-        and not services.is_bridge(member)
-        and not services.is_staff_user(member)
-        for member in services.transport.joined_members(ctx.room_id)
+async def _client(ctx: Context) -> Client:
+    return await repo.get_or_create_client(
+        ctx.sender.key, now=ctx.now, display_name=ctx.sender.nick
     )
 
 
@@ -527,27 +490,29 @@ async def _active_conversation(
 ) -> tuple[Context, Conversation] | None:
     """The client's running intake: in this room, or in their private room if this is shared
     (with `note`, the shared room is told the answer is in the private room)."""
-    conv = await _conversation(ctx.room_id, ctx.sender.key)
-    if conv is not None and _is_active(conv):
-        return ctx, conv
-    if not _is_shared(ctx):
+    running = await running_intake(ctx)
+    if running is None:
         return None
-    client = await Client.get_or_none(key=ctx.sender.key)
-    if client is None or client.private_room_id is None:
-        return None
-    conv = await _conversation(client.private_room_id, ctx.sender.key)
-    if conv is None or not _is_active(conv):
-        return None
-    if note:
-        await _private_room(ctx, client)
-    return _in_room(ctx, client.private_room_id), conv
+    if not note:
+        return _in_room(ctx, running.room_id), running.conversation
+    return await _answered_where(ctx, running)
+
+
+async def _answered_where(ctx: Context, running: RunningIntake) -> tuple[Context, Conversation]:
+    """Where an intake answer is handled: here, or the private room it runs in (the shared
+    room is then told so, and the client invited back if they left it)."""
+    if running.room_id == ctx.room_id:
+        return ctx, running.conversation
+    client = await Client.get(key=ctx.sender.key)
+    await _private_room(ctx, client)
+    return _in_room(ctx, running.room_id), running.conversation
 
 
 async def _conversation_context(ctx: Context) -> Context:
     """Where a new request is held: here, or the client's private room if this room is shared."""
     if not _is_shared(ctx):
         return ctx
-    client = await ctx.services.client_for(ctx.sender, ctx.now)
+    client = await _client(ctx)
     return _in_room(ctx, await _private_room(ctx, client))
 
 
@@ -579,31 +544,6 @@ async def _private_room(ctx: Context, client: Client) -> str:
     return room_id
 
 
-async def _slot_choice_pending(ctx: Context, text: str) -> bool:
-    """Whether the booking module will read `text` as a slot choice (then it is not ours)."""
-    try:
-        from handlers import booking
-
-        is_slot_choice = booking.is_slot_choice
-    except (ImportError, AttributeError):
-        is_slot_choice = None
-    if is_slot_choice is not None:
-        return await is_slot_choice(ctx.room_id, ctx.sender.key, text)
-    if not _SLOT_PICK.fullmatch(text):
-        return False
-    return await SlotOffer.filter(
-        active=True, ticket__room_id=ctx.room_id, ticket__client__key=ctx.sender.key
-    ).exists()
-
-
-async def _conversation(room_id: str, client_key: str) -> Conversation | None:
-    return await Conversation.get_or_none(room_id=room_id, client_key=client_key)
-
-
-def _is_active(conv: Conversation) -> bool:
-    return not IntakeStep(conv.step).is_terminal
-
-
 def _timeouts(services: Services) -> tuple[timedelta, timedelta]:
     service = services.config.service
     return (
@@ -617,8 +557,8 @@ def _timeouts(services: Services) -> tuple[timedelta, timedelta]:
 
 async def sweep_intakes(services: Services, now: datetime) -> None:
     """Remind once after a silence, drop after the expiry delay (each exactly once)."""
-    dispatcher = services.dispatcher
-    if dispatcher is None:
+    jobs = services.jobs
+    if jobs is None:
         return
     remind_after, expire_after = _timeouts(services)
     due = await Conversation.filter(due_at__lte=now).order_by("due_at", "id").limit(500)
@@ -633,8 +573,8 @@ async def sweep_intakes(services: Services, now: datetime) -> None:
             later = due_at(intake, remind_after=remind_after, expire_after=expire_after)
             await Conversation.filter(id=conv.id, version=conv.version).update(due_at=later)
             continue
-        locale = await services.locale_for(conv.client_key, conv.room_id)
-        await dispatcher.run_job(
+        locale = await repo.locale_for(conv.client_key, services.config.service.default_locale)
+        await jobs.run_job(
             f"intake-{action}:{conv.id}:{conv.version}",
             partial(_time_out, conv.id, conv.version, action),
             room_id=conv.room_id,
@@ -661,13 +601,9 @@ async def _time_out(conv_id: int, version: int, action: str, ctx: Context) -> No
     )
     if not updated:
         return
-    nick = bridged_nick(conv.client_key, conv.room_id)
     for msg in transition.replies:
-        text = defuse(ctx.render(msg))  # a reminder may restate the summary
-        if nick is not None:
-            ctx.send(conv.room_id, addressed(nick, text), plain_only=True)
-        else:
-            ctx.send(conv.room_id, text)
+        # A reminder may restate the summary: defused like every echo of the client's text.
+        ctx.to_client(conv.room_id, conv.client_key, defuse(ctx.render(msg)))
 
 
 SWEEPERS = [sweep_intakes]

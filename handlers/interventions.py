@@ -35,15 +35,15 @@ from typing import TYPE_CHECKING, Any
 
 from bot import rules
 from bot.cards import defuse
-from bot.dispatch import Context, DomainError, Router, addressed
+from bot.consent import AUDIT_ACTION, confirmation_link, consent_mail, issue_confirmation
+from bot.dispatch import Context, DomainError, Router
 from bot.domain import tickets as lifecycle
 from bot.domain.tickets import Channel, Kind, Refusal, Status, TicketState
+from bot.events import IncomingReaction, IncomingRedaction
 from bot.i18n import N_, NP_, Msg
-from bot.mail import MailError, consent_mail
-from bot.matrix.inbound import IncomingReaction, IncomingRedaction
+from bot.mail import MailError
 from bot.storage import repo
 from bot.storage.models import AuditEntry, Client, OutboxItem, Reaction, Ticket, TimeLog
-from bot.web.consent import AUDIT_ACTION, confirmation_link, issue_confirmation
 from handlers.common import (
     NEED_REF,
     NOT_FOUND,
@@ -59,7 +59,7 @@ from handlers.common import (
 )
 
 if TYPE_CHECKING:
-    from bot.app import Services
+    from bot.services import Services
 
 __all__ = ["on_client_confirmed", "router"]
 
@@ -339,19 +339,17 @@ async def estimate(ctx: Context) -> None:
     warned = Msg(_CONSENT_NEEDED_CLIENT, {**params, "n": n})
     if ctx.services.config.service.confirmation == "chat":
         ctx.reply(Msg(_ESTIMATED_STAFF_CONSENT_CHAT, params))
-        await _tell_client_parts(
-            ctx, ticket, [warned, Msg(_CONSENT_BY_CHAT_CLIENT, {"ref": ticket.ref})]
-        )
+        await tell_client(ctx, ticket, warned, Msg(_CONSENT_BY_CHAT_CLIENT, {"ref": ticket.ref}))
         return
     # Last: nothing after this can refuse, so a link is never mailed for a rolled-back change.
     outcome = await _mail_consent(ctx, ticket, n)
     if isinstance(outcome, datetime):
         ctx.reply(Msg(_ESTIMATED_STAFF_CONSENT_EMAIL, params))
-        await _tell_client_parts(
-            ctx, ticket, [warned, Msg(_CONSENT_BY_EMAIL_CLIENT, {"expires_at": outcome})]
+        await tell_client(
+            ctx, ticket, warned, Msg(_CONSENT_BY_EMAIL_CLIENT, {"expires_at": outcome})
         )
         return
-    await _tell_client_parts(ctx, ticket, [warned, Msg(_MAIL_FAILED_CLIENT, {"ref": ticket.ref})])
+    await tell_client(ctx, ticket, warned, Msg(_MAIL_FAILED_CLIENT, {"ref": ticket.ref}))
     ctx.send_staff(Msg(_MAIL_FAILED_STAFF, {**params, "why": outcome}))
 
 
@@ -394,23 +392,6 @@ async def _mail_consent(ctx: Context, ticket: Ticket, tickets: int) -> datetime 
     return expires_at
 
 
-async def _tell_client_parts(ctx: Context, ticket: Ticket, parts: list[Msg]) -> None:
-    """Several sentences as one message to the client, in their language."""
-    tr = await client_translator(ctx, ticket)
-    await _tell_client_text(ctx, ticket, " ".join(tr.render(part, ctx.tz) for part in parts))
-
-
-async def _tell_client_text(
-    ctx: Context, ticket: Ticket, text: str, *, on_sent: str | None = None
-) -> None:
-    client = await Client.get(id=ticket.client_id)  # type: ignore[attr-defined]
-    nick = bridged_nick(client.key, ticket.room_id)
-    if nick is not None:
-        ctx.send(ticket.room_id, addressed(nick, text), plain_only=True, on_sent=on_sent)
-    else:
-        ctx.send(ticket.room_id, text, on_sent=on_sent)
-
-
 _CONFIRMABLE = frozenset({Status.AWAITING_CLIENT_CONFIRMATION})
 
 
@@ -434,7 +415,7 @@ async def confirm(ctx: Context) -> None:
 async def on_client_confirmed(services: Services, ticket_id: int) -> None:
     """Called by the web server after a consent given through the e-mail link: refresh the
     card, tell the staff room and thank the client, once per confirmation."""
-    dispatcher = services.dispatcher
+    dispatcher = services.jobs
     if dispatcher is None:
         log.warning("client confirmation of ticket %s: no dispatcher to tell anyone", ticket_id)
         return
@@ -634,12 +615,13 @@ async def resolve(ctx: Context) -> None:
     ctx.reply(Msg(_RESOLVED_STAFF, {"ref": ticket.ref}))
     client = await Client.get(id=ticket.client_id)  # type: ignore[attr-defined]
     bridged = bridged_nick(client.key, ticket.room_id) is not None
-    tr = await client_translator(ctx, ticket)
-    text = tr.render(
-        Msg(_RESOLVED_CLIENT_TYPED if bridged else _RESOLVED_CLIENT, {"ref": ticket.ref}), ctx.tz
-    )
     # The outbox keeps this message's event id with the hook: a ✅ on it is an acceptance.
-    await _tell_client_text(ctx, ticket, text, on_sent=f"{RESOLVED_HOOK}{ticket.id}")
+    await tell_client(
+        ctx,
+        ticket,
+        Msg(_RESOLVED_CLIENT_TYPED if bridged else _RESOLVED_CLIENT, {"ref": ticket.ref}),
+        on_sent=f"{RESOLVED_HOOK}{ticket.id}",
+    )
 
 
 _RESOLVED_ONLY = frozenset({Status.RESOLVED})

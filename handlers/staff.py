@@ -34,14 +34,13 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime
 
-from bot.app import Services
 from bot.cards import (
     DESCRIPTION_PREVIEW_CHARS,
     STATUS_LABELS,
     defuse,
     render_queue,
 )
-from bot.dispatch import Context, DomainError, Router
+from bot.dispatch import Context, DomainError, Router, Situation
 from bot.domain.tickets import (
     ACTIVE_STATUSES,
     ENDED_STATUSES,
@@ -51,8 +50,9 @@ from bot.domain.tickets import (
     record_staff_answer,
     take,
 )
+from bot.events import IncomingReaction
 from bot.i18n import N_, NP_, Msg, Translator
-from bot.matrix.inbound import IncomingReaction
+from bot.services import Services
 from bot.storage import repo
 from bot.storage.models import AuditEntry, Client, Reaction, Ticket, TicketNote
 from handlers.common import (
@@ -161,11 +161,9 @@ async def _take(ctx: Context, ticket: Ticket, *, via: str) -> bool:
 # --- First response (R3) ---------------------------------------------------------------------
 
 
-@router.text()
+@router.text(Situation.STAFF_IN_CLIENT_ROOM)
 async def staff_answer(ctx: Context) -> None:
     """A staff member wrote in a client's room: their unanswered tickets there are answered."""
-    if not ctx.is_staff or ctx.in_staff_room:
-        return
     tickets = (
         await Ticket.filter(
             room_id=ctx.room_id,
@@ -302,7 +300,7 @@ async def convert(ctx: Context) -> None:
 
 async def watch_sla(services: Services, now: datetime) -> None:
     """Warn the staff room before an SLA deadline, and say when it was missed (each once)."""
-    dispatcher = services.dispatcher
+    dispatcher = services.jobs
     room = services.staff_room_id()
     if dispatcher is None or room is None:
         return
@@ -402,7 +400,7 @@ def _line(ctx: Context, tr: Translator, msgid: str, **params: object) -> str:
 def _history_line(ctx: Context, tr: Translator, entry: AuditEntry) -> str:
     actor = entry.actor
     services = ctx.services
-    if actor != services.bot_user_id() and not services.is_staff_user(actor):
+    if actor != services.bot_user_id() and not services.identity.is_staff_user(actor):
         actor = defuse(actor)  # a client's id or nickname: shown, never a pill
     if entry.from_status and entry.to_status and entry.from_status != entry.to_status:
         return _line(

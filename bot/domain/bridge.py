@@ -54,3 +54,10 @@ def parse_bridged(body: str, nick_format: str = DEFAULT_NICK_FORMAT) -> Bridged 
 
 def bridge_client_key(room_id: str, nick: str) -> str:
     return f"bridge:{room_id}:{nick}"
+
+
+def bridged_nick(client_key: str, room_id: str) -> str | None:
+    """The nickname of a client behind a bridge in `room_id` (None for a Matrix account or
+    another room); room ids contain colons, so the prefix is matched whole."""
+    prefix = f"bridge:{room_id}:"
+    return client_key[len(prefix) :] if client_key.startswith(prefix) else None

@@ -378,3 +378,14 @@ def _parse_time(value: str) -> time:
         return time(int(hours), int(minutes))
     except ValueError:
         raise SlotInputError(N_("{value} is not a valid time."), value=value) from None
+
+
+# A slot number as a client types it: "2", "2.", "2)", "2️⃣" (6–9 included, so that they get
+# a "choose from the list" answer rather than silence).
+_SLOT_CHOICE = re.compile(r"\s*(?:([1-9])[.)]?|([1-9])\ufe0f?\u20e3)\s*")
+
+
+def parse_slot_choice(text: str) -> int | None:
+    """The slot number in a client's answer to an offer, else None."""
+    match = _SLOT_CHOICE.fullmatch(text)
+    return int(match.group(1) or match.group(2)) if match else None

@@ -231,6 +231,8 @@ class Booking(Model):
     client_url = fields.TextField(null=True)
     staff_url = fields.TextField(null=True)
     created_at = fields.DatetimeField()
+    # No meeting link yet (the provider failed): when the reminder sweeper asks again.
+    link_retry_at = fields.DatetimeField(null=True)
 
     class Meta:
         table = "booking"

@@ -211,6 +211,26 @@ async def get_or_create_client(
     return client
 
 
+async def locale_for(user_key: str, default: str) -> str:
+    """The language someone chose with !lang, else `default`."""
+    pref = await UserPref.get_or_none(user_key=user_key)
+    return pref.locale if pref is not None else default
+
+
+async def set_locale(user_key: str, locale: str) -> None:
+    await UserPref.update_or_create(defaults={"locale": locale}, user_key=user_key)
+
+
+async def client_locale(ticket: Ticket) -> str:
+    """The language to write to a ticket's client in: their current choice, else the
+    language the request was made in."""
+    client_key = await Client.filter(id=ticket.client_id).values_list(  # type: ignore[attr-defined]
+        "key", flat=True
+    )
+    pref = await UserPref.get_or_none(user_key=client_key[0]) if client_key else None
+    return pref.locale if pref is not None else ticket.locale
+
+
 async def ticket_by_ref(ref: str) -> Ticket | None:
     """The ticket, question or quote request `ref` (case-insensitive), client loaded."""
     return await Ticket.filter(ref__iexact=ref.strip()).select_related("client").first()

@@ -15,19 +15,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bot.app import Metrics, Services
 from bot.config import Config, parse_config
 from bot.dispatch import Dispatcher
-from bot.i18n import Catalogs
-from bot.matrix.inbound import (
+from bot.events import (
     Incoming,
     IncomingMember,
     IncomingReaction,
     IncomingRedaction,
     IncomingText,
 )
+from bot.i18n import Catalogs
 from bot.outbox import Deliverer
+from bot.services import Metrics, Services
 from bot.storage.db import close_db, open_db
+from bot.storage.tags import SentTags
 
 STAFF_ROOM = "!staff:test"
 BOT = "@bot:test"
@@ -123,7 +124,7 @@ class RecordingTransport:
     async def send_event(
         self, room_id: str, event_type: str, content: dict[str, Any], txn_id: str
     ) -> str:
-        from bot.matrix.transport import TransportError
+        from bot.ports import TransportError
 
         if self.fail_next:
             self.fail_next -= 1
@@ -190,11 +191,15 @@ class BotHarness:
             metrics=Metrics(),
             staff_room_id=lambda: self.config.matrix.staff_room,
         )
-        self.deliverer = Deliverer(self.transport, self.clock)  # type: ignore[arg-type]
+        self.deliverer = Deliverer(
+            self.transport,  # type: ignore[arg-type]
+            self.clock,
+            tags=SentTags(),
+        )
         self.dispatcher = Dispatcher(
             build_router(), self.services, wake_delivery=lambda: None, deliver=self.deliverer.offer
         )
-        self.services.dispatcher = self.dispatcher
+        self.services.jobs = self.dispatcher
         self.sweepers = sweepers()
 
     @classmethod

@@ -1,0 +1,25 @@
+"""Work one handler module asks of another, as values.
+
+Handler modules never import each other: the intake emits `OfferSlots` after opening a call
+ticket, a lifecycle change emits `FreeCall` when its ticket no longer needs its call, and the
+module that owns that work registers for the value's type (`router.effect(OfferSlots)`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class OfferSlots:
+    """Offer call slots for a ticket to its client (in the room of the emitting context)."""
+
+    ticket_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class FreeCall:
+    """The ticket ended: cancel its future call and give the slot back."""
+
+    ticket_id: int
+    actor: str
