@@ -2,6 +2,7 @@
 """Answer latency of support-bot against a bare nio echo bot, on the same throwaway Synapse.
 
     python bench/latency.py [--quick] [--db sqlite|postgres] [--markdown FILE] [--nice -10]
+                            [--baseline REV]
 
 One run starts a Synapse (the test fixture's) and, on it, two bots: (a) `bench/echo_bot.py`, the
 floor set by the homeserver and nio, and (b) support-bot as in production (`python -m bot
@@ -20,6 +21,11 @@ Load:
 - full intakes (6 steps, to a confirmed ticket) with K = 1 (a few in a row) and K = 20.
 Latency = from just before the client's send to the answer arriving in that client's own sync.
 Every client first sends one unmeasured `!aide` (warm-up: accounts, rows, connections).
+
+`--baseline REV` (a git revision, e.g. the tag `bench-before`) adds a third bot: support-bot as
+it was at REV, checked out with `git worktree add --detach` in a temporary directory (removed
+at the end) and run with this venv's Python, the worktree first on its import path. It runs in
+the same rounds with the same load, and the report compares it with the working tree's bot.
 
 See bench/README.md for what the numbers mean and the targets.
 """
@@ -41,14 +47,16 @@ import sys
 import tempfile
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from _common import (
     BENCH_EXTRA_TOML,
     PG_ADMIN_DSN,
+    REPO,
     Participant,
     Proc,
     Result,
@@ -140,6 +148,8 @@ class Target:
     startup: float = 0.0
     # PostgreSQL: the database's name and the server to ask for its backends' pids.
     pg: tuple[str, str] | None = None
+    support: bool = False  # support-bot (any version): its intakes must end with a ticket
+    origin: str = ""  # its process's `bot.__file__` (--baseline runs)
 
 
 # -- the load -------------------------------------------------------------------------------
@@ -246,7 +256,7 @@ async def intakes(
         )
         begin = time.perf_counter()
         for step, (text, needle) in enumerate(zip(texts, target.intake_needles, strict=True)):
-            if step == 4 and target.name == SUPPORT:
+            if step == 4 and target.support:
                 needle = email
             sent = time.perf_counter()
             try:
@@ -265,7 +275,7 @@ async def intakes(
                 return
             result.latencies.append(arrived - sent)
             result.steps.setdefault(step + 1, []).append(arrived - sent)
-        if target.name == SUPPORT and "ouvert" not in event.body and "open" not in event.body:
+        if target.support and "ouvert" not in event.body and "open" not in event.body:
             result.errors += 1
             result.notes.append(f"intake did not end with an open ticket: {event.body[:80]!r}")
             return
@@ -395,6 +405,7 @@ async def measure(
         if warm.errors:
             log(f"  {bench.target.name} warm-up errors: {warm.errors} {warm.notes[:3]}")
     results: list[Result] = []
+    width = max(11, *(len(bench.target.name) for bench in benches))
     chosen = [p for p in phases(plan) if not only or any(p.name.startswith(o) for o in only)]
     for number, phase in enumerate(chosen):
         by_bot = {bench.target.name: Result(phase.name, bench.target.name) for bench in benches}
@@ -406,7 +417,7 @@ async def measure(
             result = by_bot[bench.target.name]
             results.append(result)
             log(
-                f"  {result.bot:11} {phase.name:16} n={result.answered:4} "
+                f"  {result.bot:{width}} {phase.name:16} n={result.answered:4} "
                 f"p50={ms(result.p(50))} ms p99={ms(result.p(99))} ms {result.rate:.1f}/s "
                 f"errors={result.errors} other CPU={result.other_cpu:.1f} s"
             )
@@ -464,12 +475,130 @@ async def echo_bot(synapse: Synapse, workdir: Path, clients: int, log: Callable)
                 process.wait()
 
 
+# --baseline: every support-bot process is started through this instead of `-m bot`. It does
+# what `python -m bot` does (the current directory first on sys.path, then bot/__main__.py run as
+# __main__), after printing where `bot` and `handlers` were imported from, which the script
+# then checks against the source tree that bot must run.
+ORIGIN_MARK = "bench: imported from"
+LAUNCHER = (
+    "import importlib.util, os, runpy, sys\n"
+    "sys.path[0] = os.getcwd()\n"
+    "import bot\n"  # as `-m bot` does first; `handlers` only found, imported in its turn
+    f"print({ORIGIN_MARK!r}, bot.__file__, importlib.util.find_spec('handlers').origin, "
+    "sep='\\t', flush=True)\n"
+    "runpy.run_module('bot', run_name='__main__', alter_sys=True)\n"
+)
+
+
+@dataclass
+class SourceBot(RunningBot):
+    """The e2e fixture's bot, run from the source tree `source` (this checkout, or a worktree
+    of another revision) with this venv's Python."""
+
+    source: Path = REPO
+
+    def _spawn(self, log) -> subprocess.Popen:
+        # `source` first on PYTHONPATH: before site-packages and the venv's editable install
+        # (its finder comes after every sys.path entry). The cwd (sys.path[0]) is the bot's
+        # work dir, where there is no `bot` package.
+        path = os.pathsep.join(filter(None, (str(self.source), os.environ.get("PYTHONPATH"))))
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
+        return subprocess.Popen(
+            [sys.executable, "-c", LAUNCHER, "--config", str(self.config_path), "run"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            env=env,
+            start_new_session=True,
+        )
+
+    def origin(self) -> str:
+        """The running process's `bot.__file__`; raises unless `bot` and `handlers` come
+        from `source`."""
+        for line in self.log_path.read_text().splitlines():
+            if line.startswith(ORIGIN_MARK):
+                _, bot_file, handlers_file = line.split("\t")
+                break
+        else:
+            raise RuntimeError(f"no {ORIGIN_MARK!r} line in {self.log_path}")
+        want = self.source.resolve()
+        for found, package in ((bot_file, "bot"), (handlers_file, "handlers")):
+            if Path(found).resolve().parent != want / package:
+                raise RuntimeError(f"{package} imported from {found}, not from {want}")
+        return bot_file
+
+
+def git_run(*argv: str) -> subprocess.CompletedProcess[str]:
+    # --no-optional-locks: `status` must not refresh the index of a checkout others work in.
+    return subprocess.run(
+        ["git", "--no-optional-locks", "-C", str(REPO), *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def git(*argv: str) -> str:
+    done = git_run(*argv)
+    if done.returncode:
+        raise RuntimeError(f"git {' '.join(argv)}: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def describe_checkout() -> str:
+    """The code the working tree's bot runs: HEAD, and whether it has uncommitted changes."""
+    head = git("log", "-1", "--format=%h %cs %s", "HEAD")
+    changed = git("status", "--porcelain", "--", "bot", "handlers", "locales").splitlines()
+    where = "bot/, handlers/, locales/"
+    if changed:
+        return f"HEAD {head} + uncommitted changes to {len(changed)} file(s) in {where}"
+    return f"HEAD {head}, no uncommitted changes in {where}"
+
+
+@contextlib.contextmanager
+def git_worktree(rev: str, log: Callable) -> Iterator[tuple[Path, str, str]]:
+    """A detached `git worktree` of `rev` in a new temporary directory, removed on the way
+    out (also on errors and Ctrl-C); yields (path, short commit, one-line description)."""
+    commit = git("rev-parse", "--verify", "--end-of-options", f"{rev}^{{commit}}")
+    short = git("rev-parse", "--short", commit)
+    described = git("log", "-1", "--format=%h %cs %s", commit)
+    path = Path(tempfile.mkdtemp(prefix="support-bot-baseline-")).resolve()
+    try:
+        log(f"baseline {rev} = {described}: git worktree in {path}")
+        git("worktree", "add", "--detach", str(path), commit)
+        yield path, short, described
+    finally:
+        if git_run(
+            "worktree", "remove", "--force", str(path)
+        ).returncode:  # never registered, or half made: remove what is there
+            shutil.rmtree(path, ignore_errors=True)
+            # Only this worktree's entry (`git worktree prune` would touch every stale one).
+            common = Path(git("rev-parse", "--path-format=absolute", "--git-common-dir"))
+            for entry in (common / "worktrees").glob("*/gitdir"):
+                if Path(entry.read_text().strip()).parent == path:
+                    shutil.rmtree(entry.parent, ignore_errors=True)
+        log(f"git worktree {path} removed")
+
+
 @contextlib.asynccontextmanager
 async def support_bot(
-    synapse: Synapse, workdir: Path, clients: int, db: str, pg_dsn: str, log: Callable
+    synapse: Synapse,
+    workdir: Path,
+    clients: int,
+    db: str,
+    pg_dsn: str,
+    log: Callable,
+    *,
+    name: str = SUPPORT,
+    source: Path | None = None,
 ):
+    """support-bot on `synapse`. `source`: run it from that source tree (this checkout or a
+    worktree) through LAUNCHER and check where it imported `bot` from; None: as the tests do."""
     workdir.mkdir(parents=True)
     bot: RunningBot = await make_running_bot(synapse, workdir, extra_toml=BENCH_EXTRA_TOML)
+    if source is not None:
+        fields = {f.name: getattr(bot, f.name) for f in dataclasses.fields(RunningBot)}
+        bot = SourceBot(**fields, source=source)
     pg_name = None
     parts: list[Participant] = []
     try:
@@ -479,15 +608,19 @@ async def support_bot(
         started = time.perf_counter()
         await bot.start()
         target = Target(
-            SUPPORT,
+            name,
             bot.bot_user_id,
             Proc(bot.process.pid),
             is_help=lambda e: any(marker in e.body for marker in HELP_MARKERS),
             intake_needles=INTAKE_NEEDLES,
             startup=time.perf_counter() - started,
             pg=(pg_name, pg_dsn) if pg_name else None,
+            support=True,
         )
-        log(f"support-bot ready in {target.startup:.2f} s ({db}); {clients} clients joining…")
+        if isinstance(bot, SourceBot):
+            target.origin = bot.origin()
+            log(f"{name} (pid {bot.process.pid}): bot.__file__ = {target.origin}")
+        log(f"{name} ready in {target.startup:.2f} s ({db}); {clients} clients joining…")
         parts = await make_participants(synapse, bot.bot_user_id, workdir, clients, prefix="sb")
         yield Bench(target, parts)
     finally:
@@ -505,173 +638,25 @@ def ratio(a: float, b: float) -> float:
     return a / b if b and not math.isnan(a) and not math.isnan(b) else math.nan
 
 
-def report(
-    results: list[Result],
-    info: dict[str, dict[str, float]],
-    plan: Plan,
-    args: argparse.Namespace,
-    wall: float,
-    load: tuple[float, float],
-    parts: dict[tuple[str, str], Breakdown],
-) -> str:
-    by = {(r.phase, r.bot): r for r in results}
-    names = list(dict.fromkeys(r.phase for r in results))
-    rows = []
-    for name in names:
-        for bot in (ECHO, SUPPORT):
-            r = by.get((name, bot))
-            if r is None:
-                continue
-            rows.append(
-                (
-                    name,
-                    bot,
-                    r.answered,
-                    ms(r.p(50)),
-                    ms(r.p(90)),
-                    ms(r.p(99)),
-                    ms(max(r.latencies, default=math.nan)),
-                    f"{r.rate:.1f}",
-                    r.errors,
-                    f"{r.bot_rss:.0f}",
-                    f"{r.bot_cpu:.2f}",
-                    f"{r.hs_cpu:.2f}",
-                    f"{r.gen_cpu:.2f}",
-                    f"{r.other_cpu:.2f}",
-                )
-            )
+def times(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"×{value:.2f}"
+
+
+def per_answer_ms(r: Result) -> float:
+    """The bot's CPU per answer, in ms (with --db postgres, its PostgreSQL backends' too)."""
+    return 1000 * ratio(r.bot_cpu, r.answered)
+
+
+def targets(
+    by: dict[tuple[str, str], Result], plan: Plan, bot: str, budget: float
+) -> list[tuple[str, bool, str]]:
+    """The targets, checked for one support-bot against the echo bot of the same run."""
     k1 = f"closed K={plan.closed[0][0]}"
     open_name = f"open {plan.open_rate:g} msg/s"
-    out = [
-        "# support-bot latency benchmark",
-        "",
-        f"- machine: {machine()}; load average before the run {load[0]:.2f}, after {load[1]:.2f}",
-        f"- Synapse {importlib.metadata.version('matrix-synapse')} (the test fixture: SQLite, "
-        f"rate limits off), matrix-nio {importlib.metadata.version('matrix-nio')}; "
-        f"support-bot database: {args.db}"
-        + (
-            " (support-bot's CPU includes its PostgreSQL server processes)"
-            if args.db == "postgres"
-            else ""
-        ),
-        f"- plan: {'quick' if args.quick else 'full'}: closed loop "
-        + ", ".join(f"K={k}×M={m}" for k, m in plan.closed)
-        + f"; open loop {plan.open_clients} clients, {plan.open_total} messages at "
-        f"{plan.open_rate:g}/s; intakes K=1 ×{plan.intake_single} one after the other, "
-        f"K={plan.intake_k} at once. {k1} runs in 4 rounds, the other closed loops and the "
-        "open loop in 2, the K=1 intakes in one round per intake, echo / support-bot / "
-        "support-bot / echo…; the K={plan.intake_k} intakes alternate which bot goes first.",
-        f"- start to ready: echo {info[ECHO]['startup']:.2f} s, support-bot "
-        f"{info[SUPPORT]['startup']:.2f} s; peak RSS over the run (VmHWM): echo "
-        f"{info[ECHO]['peak']:.0f} MB, support-bot {info[SUPPORT]['peak']:.0f} MB",
-        f"- total run time {wall:.0f} s; {args.priority}",
-        "",
-        "Latency in ms from just before the client's send to the answer in the client's own "
-        "sync; intake rows count each of the 6 steps. RSS = largest sampled RSS of the bot "
-        "during the phase. CPU = CPU seconds used during the phase by the bot, Synapse (HS), "
-        "the load generator (gen) and by every other process of the machine (other: load "
-        "that is not part of the benchmark; when it is large, the phase measured a shared "
-        "machine).",
-        "",
-        markdown_table(
-            (
-                "phase",
-                "bot",
-                "answers",
-                "p50",
-                "p90",
-                "p99",
-                "max",
-                "answers/s",
-                "errors",
-                "bot RSS MB",
-                "bot CPU s",
-                "HS CPU s",
-                "gen CPU s",
-                "other CPU s",
-            ),
-            rows,
-        ),
-        "",
-        "## support-bot / echo",
-        "",
-    ]
-    for name in names:
-        e, s = by.get((name, ECHO)), by.get((name, SUPPORT))
-        if e is None or s is None:
-            continue
-        out.append(
-            f"- {name}: p50 ×{ratio(s.p(50), e.p(50)):.2f}, p99 ×{ratio(s.p(99), e.p(99)):.2f}, "
-            f"answers/s ×{ratio(s.rate, e.rate):.2f}; CPU per answer: bot "
-            f"{1000 * ratio(s.bot_cpu, s.answered):.1f} ms vs "
-            f"{1000 * ratio(e.bot_cpu, e.answered):.1f} ms, Synapse "
-            f"{1000 * ratio(s.hs_cpu, s.answered):.1f} ms vs "
-            f"{1000 * ratio(e.hs_cpu, e.answered):.1f} ms"
-        )
-
-    out += [
-        "",
-        "## Where the time goes (p50 in ms, from Synapse's access log)",
-        "",
-        "Each answer split in four (bench/_timeline.py): the client's send as long as Synapse "
-        "took; from there to the start of the bot's send (Synapse waking the bot's sync, the "
-        "bot reading and handling the message); the bot's send; from there to the client's "
-        "sync bringing the answer. The rest of the latency is the client's own time.",
-        "",
-    ]
-    split_rows = []
-    for name in names:
-        for bot in (ECHO, SUPPORT):
-            found, r = parts.get((name, bot)), by.get((name, bot))
-            if found is None or r is None or not found.matched:
-                continue
-            spans = [found.p50(part) for part in PARTS]
-            split_rows.append(
-                (name, bot, found.matched, *map(ms, spans), ms(sum(spans)), ms(r.p(50)))
-            )
-    out.append(
-        markdown_table(
-            ("phase", "bot", "answers", *PARTS, "sum", "client-measured p50"), split_rows
-        )
-    )
 
     def pair(name: str) -> tuple[Result, Result] | None:
-        e, s = by.get((name, ECHO)), by.get((name, SUPPORT))
+        e, s = by.get((name, ECHO)), by.get((name, bot))
         return (e, s) if e is not None and s is not None else None
-
-    echo_k1 = by.get((k1, ECHO))
-    echo_rtt = echo_k1.p(50) if echo_k1 is not None else math.nan
-    budget = 6.5 * echo_rtt
-    out += ["", "## Full intakes (6 steps, to a confirmed ticket)", ""]
-    for name in ("intake K=1", f"intake K={plan.intake_k}"):
-        for bot in (ECHO, SUPPORT):
-            r = by.get((name, bot))
-            if r is None:
-                continue
-            totals = ", ".join(f"{t * 1000:.0f}" for t in r.totals)
-            if len(r.totals) > 6:
-                totals = (
-                    f"p50 {ms(percentile(r.totals, 50))}, p90 {ms(percentile(r.totals, 90))}, "
-                    f"max {ms(max(r.totals))}"
-                )
-            steps = " / ".join(ms(percentile(r.steps.get(i, []), 50)) for i in range(1, 7))
-            first = " / ".join(ms(percentile(r.steps_first.get(i, []), 50)) for i in range(1, 7))
-            out.append(
-                f"- {name}, {bot}: per-intake total ms: {totals or 'none completed'}; "
-                f"p50 per step 1-6 (the next question): {steps}; (the bot's first message): "
-                f"{first}"
-            )
-    out.append(
-        f"- budget 6.5 × one echo round trip at K=1 (p50 {ms(echo_rtt)} ms) = {ms(budget)} ms"
-    )
-    for bot in (ECHO, SUPPORT):
-        r = by.get(("intake K=1", bot))
-        if r is not None and r.totals and not math.isnan(echo_rtt):
-            median = percentile(r.totals, 50)
-            out.append(
-                f"- {bot}'s median intake at K=1 = {median / echo_rtt:.1f} echo round trips "
-                "(the intake's messages are longer than a command's)"
-            )
 
     checks: list[tuple[str, bool, str]] = []
     for name in (k1, open_name):
@@ -706,9 +691,9 @@ def report(
                 f"{s.rate:.1f} vs {e.rate:.1f}/s (×{r:.2f})",
             )
         )
-    errors = sum(r.errors for r in results if r.bot == SUPPORT)
-    checks.append(("support-bot: 0 errors", errors == 0, f"{errors} error(s)"))
-    single = by.get(("intake K=1", SUPPORT))
+    errors = sum(r.errors for (_, name), r in by.items() if name == bot)
+    checks.append((f"{SUPPORT}: 0 errors", errors == 0, f"{errors} error(s)"))
+    single = by.get(("intake K=1", bot))
     if single is not None and not math.isnan(budget):
         # The median intake: one slow homeserver moment should not decide it (the slowest
         # is shown beside it).
@@ -721,14 +706,264 @@ def report(
                 f"(slowest {ms(max(single.totals, default=math.nan))} ms)",
             )
         )
-    out += [
+    return checks
+
+
+def before_after(
+    by: dict[tuple[str, str], Result], names: Sequence[str], before: str, after: str
+) -> list[str]:
+    """--baseline: the working tree's support-bot against the baseline's, phase by phase."""
+    rows = []
+    for name in names:
+        b, a = by.get((name, before)), by.get((name, after))
+        if b is None or a is None:
+            continue
+        rows.append(
+            (
+                name,
+                f"{b.answered} / {a.answered}",
+                ms(b.p(50)),
+                ms(a.p(50)),
+                times(ratio(a.p(50), b.p(50))),
+                ms(b.p(99)),
+                ms(a.p(99)),
+                times(ratio(a.p(99), b.p(99))),
+                f"{per_answer_ms(b):.1f}",
+                f"{per_answer_ms(a):.1f}",
+                times(ratio(per_answer_ms(a), per_answer_ms(b))),
+                times(ratio(a.rate, b.rate)),
+                f"{b.errors} / {a.errors}",
+                f"{b.other_cpu:.1f} / {a.other_cpu:.1f}",
+            )
+        )
+    return [
+        f"## Before / after: {before} → {after}",
         "",
-        "## Targets",
+        f"Before = {before} (the baseline revision), after = {after} (this working tree); "
+        "× = after / before (for latency and CPU below 1 is better, for answers/s above 1). "
+        "CPU per answer = the bot's CPU seconds during the phase divided by "
+        "its answers. Both ran in the same rounds, one after the other, with the same load.",
         "",
         markdown_table(
-            ("target", "result", "measured"), [(n, verdict(ok), v) for n, ok, v in checks]
+            (
+                "phase",
+                "answers before / after",
+                "p50 before",
+                "p50 after",
+                "p50 ×",
+                "p99 before",
+                "p99 after",
+                "p99 ×",
+                "CPU ms/answer before",
+                "CPU ms/answer after",
+                "CPU ×",
+                "answers/s ×",
+                "errors before / after",
+                "other CPU s before / after",
+            ),
+            rows,
         ),
+        "",
     ]
+
+
+def report(
+    results: list[Result],
+    info: dict[str, dict[str, Any]],
+    plan: Plan,
+    args: argparse.Namespace,
+    wall: float,
+    load: tuple[float, float],
+    parts: dict[tuple[str, str], Breakdown],
+) -> str:
+    by = {(r.phase, r.bot): r for r in results}
+    names = list(dict.fromkeys(r.phase for r in results))
+    # echo, support-bot (this working tree), then with --baseline support-bot@<rev>.
+    bots = list(info)
+    before = bots[2] if len(bots) > 2 else None
+    rows = []
+    for name in names:
+        for bot in bots:
+            r = by.get((name, bot))
+            if r is None:
+                continue
+            rows.append(
+                (
+                    name,
+                    bot,
+                    r.answered,
+                    ms(r.p(50)),
+                    ms(r.p(90)),
+                    ms(r.p(99)),
+                    ms(max(r.latencies, default=math.nan)),
+                    f"{r.rate:.1f}",
+                    r.errors,
+                    f"{r.bot_rss:.0f}",
+                    f"{r.bot_cpu:.2f}",
+                    f"{r.hs_cpu:.2f}",
+                    f"{r.gen_cpu:.2f}",
+                    f"{r.other_cpu:.2f}",
+                )
+            )
+    k1 = f"closed K={plan.closed[0][0]}"
+    out = [
+        "# support-bot latency benchmark",
+        "",
+        f"- machine: {machine()}; load average before the run {load[0]:.2f}, after {load[1]:.2f}",
+        f"- Synapse {importlib.metadata.version('matrix-synapse')} (the test fixture: SQLite, "
+        f"rate limits off), matrix-nio {importlib.metadata.version('matrix-nio')}; "
+        f"support-bot database: {args.db}"
+        + (
+            " (support-bot's CPU includes its PostgreSQL server processes)"
+            if args.db == "postgres"
+            else ""
+        ),
+        f"- plan: {'quick' if args.quick else 'full'}: closed loop "
+        + ", ".join(f"K={k}×M={m}" for k, m in plan.closed)
+        + f"; open loop {plan.open_clients} clients, {plan.open_total} messages at "
+        f"{plan.open_rate:g}/s; intakes K=1 ×{plan.intake_single} one after the other, "
+        f"K={plan.intake_k} at once. {k1} runs in 4 rounds, the other closed loops and the "
+        "open loop in 2, the K=1 intakes in one round per intake, "
+        + " / ".join(bots + bots[::-1])
+        + f"…; the K={plan.intake_k} intakes alternate which bot goes first.",
+    ]
+    if before is not None:
+        described, checkout = args.baseline_info
+        out.append(
+            f"- before / after: {before} is `{args.baseline}` ({described}), run from a git "
+            f"worktree of it with this venv's Python (bot imported from "
+            f"{info[before]['origin']}); {SUPPORT} is this checkout's working tree, {checkout} "
+            f"(bot imported from {info[SUPPORT]['origin']})"
+        )
+    out += [
+        "- start to ready: "
+        + ", ".join(f"{bot} {info[bot]['startup']:.2f} s" for bot in bots)
+        + "; peak RSS over the run (VmHWM): "
+        + ", ".join(f"{bot} {info[bot]['peak']:.0f} MB" for bot in bots),
+        f"- total run time {wall:.0f} s; {args.priority}",
+        "",
+        "Latency in ms from just before the client's send to the answer in the client's own "
+        "sync; intake rows count each of the 6 steps. RSS = largest sampled RSS of the bot "
+        "during the phase. CPU = CPU seconds used during the phase by the bot, Synapse (HS), "
+        "the load generator (gen) and by every other process of the machine (other: load "
+        "that is not part of the benchmark; when it is large, the phase measured a shared "
+        "machine).",
+        "",
+        markdown_table(
+            (
+                "phase",
+                "bot",
+                "answers",
+                "p50",
+                "p90",
+                "p99",
+                "max",
+                "answers/s",
+                "errors",
+                "bot RSS MB",
+                "bot CPU s",
+                "HS CPU s",
+                "gen CPU s",
+                "other CPU s",
+            ),
+            rows,
+        ),
+        "",
+    ]
+    if before is not None:
+        out += before_after(by, names, before, SUPPORT)
+    out += ["## support-bot / echo", ""]
+    for name in names:
+        for bot in bots[1:]:
+            e, s = by.get((name, ECHO)), by.get((name, bot))
+            if e is None or s is None:
+                continue
+            label = name if before is None else f"{name}, {bot}"
+            out.append(
+                f"- {label}: p50 ×{ratio(s.p(50), e.p(50)):.2f}, "
+                f"p99 ×{ratio(s.p(99), e.p(99)):.2f}, "
+                f"answers/s ×{ratio(s.rate, e.rate):.2f}; CPU per answer: bot "
+                f"{per_answer_ms(s):.1f} ms vs {per_answer_ms(e):.1f} ms, Synapse "
+                f"{1000 * ratio(s.hs_cpu, s.answered):.1f} ms vs "
+                f"{1000 * ratio(e.hs_cpu, e.answered):.1f} ms"
+            )
+
+    out += [
+        "",
+        "## Where the time goes (p50 in ms, from Synapse's access log)",
+        "",
+        "Each answer split in four (bench/_timeline.py): the client's send as long as Synapse "
+        "took; from there to the start of the bot's send (Synapse waking the bot's sync, the "
+        "bot reading and handling the message); the bot's send; from there to the client's "
+        "sync bringing the answer. The rest of the latency is the client's own time.",
+        "",
+    ]
+    split_rows = []
+    for name in names:
+        for bot in bots:
+            found, r = parts.get((name, bot)), by.get((name, bot))
+            if found is None or r is None or not found.matched:
+                continue
+            spans = [found.p50(part) for part in PARTS]
+            split_rows.append(
+                (name, bot, found.matched, *map(ms, spans), ms(sum(spans)), ms(r.p(50)))
+            )
+    out.append(
+        markdown_table(
+            ("phase", "bot", "answers", *PARTS, "sum", "client-measured p50"), split_rows
+        )
+    )
+
+    echo_k1 = by.get((k1, ECHO))
+    echo_rtt = echo_k1.p(50) if echo_k1 is not None else math.nan
+    budget = 6.5 * echo_rtt
+    out += ["", "## Full intakes (6 steps, to a confirmed ticket)", ""]
+    for name in ("intake K=1", f"intake K={plan.intake_k}"):
+        for bot in bots:
+            r = by.get((name, bot))
+            if r is None:
+                continue
+            totals = ", ".join(f"{t * 1000:.0f}" for t in r.totals)
+            if len(r.totals) > 6:
+                totals = (
+                    f"p50 {ms(percentile(r.totals, 50))}, p90 {ms(percentile(r.totals, 90))}, "
+                    f"max {ms(max(r.totals))}"
+                )
+            steps = " / ".join(ms(percentile(r.steps.get(i, []), 50)) for i in range(1, 7))
+            first = " / ".join(ms(percentile(r.steps_first.get(i, []), 50)) for i in range(1, 7))
+            out.append(
+                f"- {name}, {bot}: per-intake total ms: {totals or 'none completed'}; "
+                f"p50 per step 1-6 (the next question): {steps}; (the bot's first message): "
+                f"{first}"
+            )
+    out.append(
+        f"- budget 6.5 × one echo round trip at K=1 (p50 {ms(echo_rtt)} ms) = {ms(budget)} ms"
+    )
+    for bot in bots:
+        r = by.get(("intake K=1", bot))
+        if r is not None and r.totals and not math.isnan(echo_rtt):
+            median = percentile(r.totals, 50)
+            out.append(
+                f"- {bot}'s median intake at K=1 = {median / echo_rtt:.1f} echo round trips "
+                "(the intake's messages are longer than a command's)"
+            )
+
+    checks = targets(by, plan, SUPPORT, budget)
+    out += ["", "## Targets", ""]
+    if before is None:
+        table = markdown_table(
+            ("target", "result", "measured"), [(n, verdict(ok), v) for n, ok, v in checks]
+        )
+    else:  # the same targets for the baseline, beside
+        old = {n: (ok, v) for n, ok, v in targets(by, plan, before, budget)}
+        table = markdown_table(
+            ("target", "result", "measured", f"{before}: result", f"{before}: measured"),
+            [
+                (n, verdict(ok), v, *((verdict(old[n][0]), old[n][1]) if n in old else ("", "")))
+                for n, ok, v in checks
+            ],
+        )
+    out.append(table)
     notes = [
         f"- {r.bot}, {r.phase}: " + "; ".join(sorted(set(r.notes))[:5]) for r in results if r.notes
     ]
@@ -752,24 +987,55 @@ async def amain(args: argparse.Namespace) -> int:
     def log(text: str) -> None:
         print(f"[{time.perf_counter() - began:6.1f} s] {text}", file=sys.stderr, flush=True)
 
-    log(f"work dir {workdir}; starting Synapse…")
-    synapse = await Synapse.astart(workdir / "synapse", access_log=True)
-    try:
-        log(f"Synapse at {synapse.base_url}")
-        async with (
-            echo_bot(synapse, workdir / "echo", plan.clients, log) as echo,
-            support_bot(
-                synapse, workdir / "support", plan.clients, args.db, args.pg_dsn, log
-            ) as support,
-        ):
-            results = await measure([echo, support], synapse, plan, log, args.only)
-            users = {b.target.name: b.target.user_id for b in (echo, support)}
-            info = {
-                b.target.name: {"startup": b.target.startup, "peak": b.target.proc.peak_mb()}
-                for b in (echo, support)
-            }
-    finally:
-        await synapse.astop()
+    with contextlib.ExitStack() as worktree:
+        baseline = None
+        if args.baseline:
+            # (path, short commit, description)
+            baseline = worktree.enter_context(git_worktree(args.baseline, log))
+            args.baseline_info = (baseline[2], describe_checkout())
+        log(f"work dir {workdir}; starting Synapse…")
+        synapse = await Synapse.astart(workdir / "synapse", access_log=True)
+        try:
+            log(f"Synapse at {synapse.base_url}")
+            async with contextlib.AsyncExitStack() as stack:
+
+                async def start_support(name: str, where: str, source: Path | None) -> Bench:
+                    return await stack.enter_async_context(
+                        support_bot(
+                            synapse,
+                            workdir / where,
+                            plan.clients,
+                            args.db,
+                            args.pg_dsn,
+                            log,
+                            name=name,
+                            source=source,
+                        )
+                    )
+
+                benches = [
+                    await stack.enter_async_context(
+                        echo_bot(synapse, workdir / "echo", plan.clients, log)
+                    ),
+                    # --baseline: both support-bots started the same way (LAUNCHER).
+                    await start_support(SUPPORT, "support", REPO if baseline else None),
+                ]
+                if baseline is not None:
+                    benches.append(
+                        await start_support(f"{SUPPORT}@{baseline[1]}", "baseline", baseline[0])
+                    )
+                results = await measure(benches, synapse, plan, log, args.only)
+                users = {b.target.name: b.target.user_id for b in benches}
+                info = {
+                    b.target.name: {
+                        "startup": b.target.startup,
+                        "peak": b.target.proc.peak_mb(),
+                        "origin": b.target.origin,
+                    }
+                    for b in benches
+                }
+        finally:
+            await synapse.astop()
     requests = read_access_log(synapse.log_path)
     parts = {}
     for result in results:
@@ -822,6 +1088,13 @@ def main() -> int:
         metavar="N",
         help="full intakes at K=1, one per round (default 10, --quick 2)",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run support-bot as of this git revision (e.g. the tag bench-before), from a "
+        "temporary git worktree with this venv's Python, in the same rounds with the same load, "
+        "and compare it with the working tree's (before / after)",
+    )
     parser.add_argument("--markdown", metavar="FILE", help="also write the report there")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, databases)")
     parser.add_argument(
@@ -833,6 +1106,11 @@ def main() -> int:
         "machine busy with other work (negative values need root)",
     )
     args = parser.parse_args()
+    if args.baseline:
+        try:  # a wrong REV fails here, before anything is started
+            git("rev-parse", "--verify", "--end-of-options", f"{args.baseline}^{{commit}}")
+        except RuntimeError as error:
+            parser.error(f"--baseline {args.baseline}: not a commit ({error})")
     args.priority = raise_priority(args.nice)
     return asyncio.run(amain(args))
 
