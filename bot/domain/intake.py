@@ -5,7 +5,8 @@
 values, translated at the edge) and the effects the shell executes (`OpenRequest`,
 `AddToTicket`). Time-outs are pure too: the sweeper asks `needs_reminder` / `is_expired` and
 applies `remind` / `expire`. Nothing here reads a clock, a database or Matrix. The flow is drawn
-in `intake.md` beside this file.
+in `intake.md` beside this file; what an answer means (a category, "yes", a URL, an e-mail
+address) is read by `bot.domain.intake_answers`.
 
 Decisions (the "why" behind the rules below)
 --------------------------------------------
@@ -20,16 +21,6 @@ Decisions (the "why" behind the rules below)
   asked and, once answered, the summary comes back (`return_to_summary`) instead of walking every
   later step. Editing the description *adds* to it: what was written stays, staff see it all.
   `!skip` while editing the instance clears it (skip means "no instance").
-* **Answers** are compared after normalisation (case, accents, emoji variation selectors,
-  surrounding punctuation such as "2." or "2)" removed), against the number, the key and a few
-  French and English words. Typed text only: bridged rooms have no reactions, and the shell maps
-  a ✅ reaction at the summary to the text "yes".
-* **Messaging** also accepts "e-mail"/"courriel": the terms define messaging assistance as
-  "chat or e-mail" (R3).
-* **Instance.** A full http(s) URL with a host is required (a bare host gets a hint with the
-  URL to send), optionally a version (`6.4.2`, `5.x`, `6.4.2+240129`, `6`) and a survey ID (4–10
-  digits, also found in the URL's `sid` parameter or `/index.php/123456`). Words without digits
-  ("version", "my instance is") are ignored; a token with digits that fits nothing is reported.
 * **Reminders.** Any client message resets the inactivity clock and the `reminded` flag, so each
   silence gets at most one reminder; expiry counts from the last client message.
 * **Size.** The first description part is always kept (a Matrix event is already bounded); after
@@ -40,16 +31,21 @@ Decisions (the "why" behind the rules below)
 from __future__ import annotations
 
 import math
-import re
-import unicodedata
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
-from itertools import pairwise
-from typing import Any, NamedTuple
-from urllib.parse import parse_qs, urlsplit
+from typing import Any
 
+from bot.domain import intake_answers as answers
+
+# Re-exported: callers know the choices, the instance and the two parsers as parts of the intake.
+from bot.domain.intake_answers import CATEGORIES as CATEGORIES
+from bot.domain.intake_answers import CHANNELS as CHANNELS
+from bot.domain.intake_answers import Choice as Choice
+from bot.domain.intake_answers import InstanceInfo as InstanceInfo
+from bot.domain.intake_answers import extract_email as extract_email
+from bot.domain.intake_answers import parse_instance as parse_instance
 from bot.i18n import N_, Msg
 
 MIN_DESCRIPTION_CHARS = 20
@@ -100,141 +96,15 @@ class RequestKind(StrEnum):
     QUOTE = "quote"
 
 
-class Choice(NamedTuple):
-    """One numbered answer: its number, its stored key and its English label (a msgid)."""
-
-    number: int
-    key: str
-    label: str
-
-
-CATEGORIES: tuple[Choice, ...] = (
-    Choice(1, "configuration", N_("LimeSurvey configuration")),
-    Choice(2, "expressions", N_("Expressions, quotas, assessments…")),
-    Choice(3, "javascript", N_("JavaScript on questions or pages")),
-    Choice(4, "theme", N_("Survey theme: CSS, HTML, JavaScript")),
-    Choice(5, "data", N_("Data import, invitations, invitation e-mails, reminders, bounces")),
-    Choice(6, "install-theme", N_("Installing a survey or question theme")),
-    Choice(7, "plugin", N_("Installing and configuring an existing plugin")),
-    Choice(8, "usage", N_("Using LimeSurvey's features for a precise problem")),
-    Choice(9, "feasibility", N_("Is this feasible with LimeSurvey?")),
-    Choice(10, "other", N_("Other: development, training, project")),
-)
-
 # Categories 1–8 are billed tickets; 9 opens a free feasibility question; 10 a quote request.
 CATEGORY_KINDS: Mapping[str, RequestKind] = {
     **{choice.key: RequestKind.TICKET for choice in CATEGORIES[:8]},
     "feasibility": RequestKind.QUESTION,
     "other": RequestKind.QUOTE,
 }
+_CHANNEL_KEYS = frozenset(choice.key for choice in CHANNELS)
 
-CHANNELS: tuple[Choice, ...] = (
-    Choice(1, "messaging", N_("Messaging: chat here or e-mail")),
-    Choice(2, "video", N_("Video call (45 minutes, by appointment)")),
-    Choice(3, "phone", N_("Phone call (45 minutes, by appointment)")),
-    Choice(4, "intervention", N_("Intervention: we do the work on your LimeSurvey")),
-)
-
-# Extra words accepted besides the number and the key (written as typed; normalised below).
-_CATEGORY_WORDS: Mapping[str, tuple[str, ...]] = {
-    "configuration": (
-        "config",
-        "paramétrage",
-        "réglages",
-        "settings",
-        "configuration de limesurvey",
-    ),
-    "expressions": (
-        "expression",
-        "expression manager",
-        "quotas",
-        "quota",
-        "assessments",
-        "assessment",
-        "évaluations",
-        "évaluation",
-        "conditions",
-    ),
-    "javascript": ("js",),
-    "theme": ("thème", "survey theme", "thème du questionnaire", "css", "html"),
-    "data": (
-        "données",
-        "import",
-        "invitations",
-        "invitation",
-        "reminders",
-        "relances",
-        "participants",
-        "bounces",
-    ),
-    "install-theme": (
-        "installtheme",
-        "install a theme",
-        "installer un thème",
-        "installation de thème",
-        "installation d'un thème",
-        "theme installation",
-    ),
-    "plugin": ("plugins", "extension", "extensions", "greffon"),
-    "usage": ("utilisation", "use", "features", "fonctionnalités"),
-    "feasibility": ("faisabilité", "feasible", "faisable"),
-    "other": ("autre", "autres", "development", "développement", "training", "formation"),
-}
-
-_CHANNEL_WORDS: Mapping[str, tuple[str, ...]] = {
-    "messaging": (
-        "messagerie",
-        "message",
-        "messages",
-        "chat",
-        "tchat",
-        "écrit",
-        "par écrit",
-        "written",
-        "email",
-        "e-mail",
-        "mail",
-        "courriel",
-        "par e-mail",
-        "by e-mail",
-    ),
-    "video": (
-        "vidéo",
-        "visio",
-        "visioconférence",
-        "videoconference",
-        "video call",
-        "appel vidéo",
-    ),
-    "phone": ("téléphone", "tel", "tél", "phone call", "appel téléphonique", "appel"),
-    "intervention": ("remote intervention", "intervention à distance"),
-}
-
-_YES_WORDS = frozenset(
-    {"yes", "y", "oui", "o", "ok", "okay", "yep", "ouais", "d'accord", "confirm", "je confirme"}
-    | {"✅", "✔", "☑", "👍"}
-)
-_NO_WORDS = frozenset({"no", "n", "non", "nope", "❌", "✖", "👎"})
-_SKIP = frozenset({"!skip", "!passer", "skip", "passer"})
-
-_RELATED_EXISTING_WORDS = frozenset(
-    {"1", "same", "same problem", "existing", "même", "même problème", "ce ticket", "this ticket"}
-)
-_RELATED_NEW_WORDS = frozenset(
-    {
-        "2",
-        "new",
-        "new problem",
-        "new request",
-        "another problem",
-        "nouveau",
-        "nouvelle",
-        "nouveau problème",
-        "nouvelle demande",
-        "autre problème",
-    }
-)
-
+# The answers to the EDIT question, numbered as `question_for` lists them.
 _EDIT_WORDS: Mapping[IntakeStep, tuple[str, ...]] = {
     IntakeStep.DESCRIPTION: ("1", "description", "problem", "problème", "desc"),
     IntakeStep.CATEGORY: ("2", "category", "catégorie"),
@@ -243,12 +113,7 @@ _EDIT_WORDS: Mapping[IntakeStep, tuple[str, ...]] = {
     IntakeStep.EMAIL: ("5", "email", "e-mail", "mail", "courriel", "adresse e-mail", "address"),
     IntakeStep.CONFIRM: ("0", "summary", "résumé", "récapitulatif", "nothing", "rien"),
 }
-# Words around a step name ("non, le canal", "change the e-mail") that carry no choice.
-_EDIT_FILLER_WORDS = frozenset(
-    {"no", "non", "change", "changer", "modifier", "edit", "the", "le", "la", "l", "my", "mon"}
-    | {"ma", "step", "étape", "please", "svp", "stp", "merci", "thanks", "je", "veux", "i"}
-    | {"want", "to", "du", "de"}
-)
+_EDIT_INDEX = answers.word_index(_EDIT_WORDS)
 
 
 # -- values ------------------------------------------------------------------------------
@@ -319,13 +184,6 @@ class Transition:
     effects: tuple[Effect, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class InstanceInfo:
-    url: str
-    version: str | None = None
-    survey_id: str | None = None
-
-
 # -- the conversation --------------------------------------------------------------------
 
 
@@ -372,7 +230,7 @@ def advance(intake: Intake, text: str, *, now: datetime) -> Transition:
     body = text.strip()
     if not body:
         return _again(intake, Msg(N_("Your message was empty.")))
-    if intake.step not in (IntakeStep.INSTANCE, IntakeStep.DESCRIPTION) and _is_skip(body):
+    if intake.step not in (IntakeStep.INSTANCE, IntakeStep.DESCRIPTION) and answers.is_skip(body):
         return _again(intake, Msg(N_("This question cannot be skipped.")))
     return _HANDLERS[intake.step](intake, body)
 
@@ -471,7 +329,7 @@ def question_for(intake: Intake) -> Msg:
     if step is IntakeStep.CATEGORY:
         return Msg(
             N_("Which category fits your request? Answer with the number or the word:\n{choices}"),
-            {"choices": _choice_lines(CATEGORIES)},
+            {"choices": answers.choice_lines(CATEGORIES)},
         )
     if step is IntakeStep.INSTANCE:
         return Msg(
@@ -484,7 +342,7 @@ def question_for(intake: Intake) -> Msg:
     if step is IntakeStep.CHANNEL:
         return Msg(
             N_("How would you like to be helped? Answer with the number or the word:\n{choices}"),
-            {"choices": _choice_lines(CHANNELS)},
+            {"choices": answers.choice_lines(CHANNELS)},
         )
     if step is IntakeStep.EMAIL:
         current = intake.email or intake.known_email
@@ -522,7 +380,7 @@ def question_for(intake: Intake) -> Msg:
 
 
 def _on_description(intake: Intake, body: str) -> Transition:
-    if _is_skip(body):
+    if answers.is_skip(body):
         return _again(intake, Msg(N_("This question cannot be skipped.")))
     grown = _append_description(intake, body)
     if grown is None:
@@ -533,7 +391,7 @@ def _on_description(intake: Intake, body: str) -> Transition:
 
 
 def _on_category(intake: Intake, body: str) -> Transition:
-    key = _pick(body, _CATEGORY_INDEX, CATEGORIES)
+    key = answers.pick_category(body)
     if key is not None:
         return _answered(replace(intake, category=key))
     if len(body) < MIN_DESCRIPTION_CHARS:
@@ -545,10 +403,10 @@ def _on_category(intake: Intake, body: str) -> Transition:
 
 
 def _on_instance(intake: Intake, body: str) -> Transition:
-    if _is_skip(body):
+    if answers.is_skip(body):
         cleared = replace(intake, instance_url=None, instance_version=None, survey_id=None)
         return _answered(cleared)
-    parsed = parse_instance(body)
+    parsed = answers.parse_instance(body)
     if isinstance(parsed, Msg):
         return _again(intake, parsed)
     return _answered(
@@ -562,7 +420,7 @@ def _on_instance(intake: Intake, body: str) -> Transition:
 
 
 def _on_channel(intake: Intake, body: str) -> Transition:
-    key = _pick(body, _CHANNEL_INDEX, CHANNELS)
+    key = answers.pick_channel(body)
     if key is None:
         return _again(intake, Msg(N_("That is not one of the ways we can help.")))
     return _answered(replace(intake, channel=key))
@@ -570,13 +428,12 @@ def _on_channel(intake: Intake, body: str) -> Transition:
 
 def _on_email(intake: Intake, body: str) -> Transition:
     current = intake.email or intake.known_email
-    answer = _norm(body)
-    if current and answer in _YES:
+    if current and answers.is_yes(body):
         return _answered(replace(intake, email=current))
-    address = extract_email(body)
+    address = answers.extract_email(body)
     if address is not None:
         return _answered(replace(intake, email=address))
-    if current and answer in _NO:
+    if current and answers.is_no(body):
         return Transition(intake, (Msg(N_("Please send the address you want to use.")),))
     return _again(
         intake,
@@ -588,21 +445,19 @@ def _on_confirm(intake: Intake, body: str) -> Transition:
     missing = _first_missing(intake)
     if missing is not None:  # only a damaged stored row can get here
         return _ask(replace(intake, step=missing, return_to_summary=True))
-    answer = _norm(body)
-    if answer in _YES:
+    if answers.is_yes(body):
         return _open(intake)
-    target = _edit_target(answer, numbers=False)
+    target = answers.edit_target(body, _EDIT_INDEX, numbers=False)
     if target is not None and target is not IntakeStep.CONFIRM:
         return _ask(replace(intake, step=target, return_to_summary=True))
-    if answer in _NO or answer.split(" ", 1)[0] in _NO:
+    if answers.begins_with_no(body):
         return _ask(replace(intake, step=IntakeStep.EDIT))
     return _again(intake, Msg(N_("Please answer yes or no.")))
 
 
 def _on_edit(intake: Intake, body: str) -> Transition:
-    answer = _norm(body)
-    target = _edit_target(answer, numbers=True)
-    if target is None and answer in _YES:
+    target = answers.edit_target(body, _EDIT_INDEX, numbers=True)
+    if target is None and answers.is_yes(body):
         target = IntakeStep.CONFIRM
     if target is None:
         return _again(intake, Msg(N_("I did not recognise that part of the request.")))
@@ -612,15 +467,14 @@ def _on_edit(intake: Intake, body: str) -> Transition:
 def _on_related(intake: Intake, body: str) -> Transition:
     ref = intake.open_ticket_ref or ""
     pending = intake.pending_text or ""
-    answer = _norm(body)
-    if answer in _RELATED_EXISTING or (ref and answer == _norm(ref)):
+    if answers.is_about_ticket(body, ref):
         done = replace(intake, step=IntakeStep.DONE)
         return Transition(
             done,
             (Msg(N_("I added your message to {ref}."), {"ref": ref}),),
             (AddToTicket(ref, pending),) if pending else (),
         )
-    if answer in _RELATED_NEW:
+    if answers.wants_new_request(body):
         fresh = replace(intake, step=IntakeStep.DESCRIPTION, pending_text=None)
         if not pending:
             return _ask(fresh)
@@ -708,10 +562,6 @@ def _description_length(intake: Intake) -> int:
     return sum(len(part) for part in intake.description_parts)
 
 
-def _is_skip(body: str) -> bool:
-    return body.casefold() in _SKIP
-
-
 def _too_long() -> Msg:
     return Msg(
         N_(
@@ -725,25 +575,12 @@ def _too_long() -> Msg:
 # -- rendering ---------------------------------------------------------------------------
 
 
-def _choice_line(choice: Choice) -> Msg:
-    # Translators: one line of a numbered list, e.g. "2. Video call (video)".
-    return Msg(
-        N_("{number}. {label} ({key})"),
-        {"number": str(choice.number), "label": Msg(choice.label), "key": choice.key},
-    )
-
-
-def _choice_lines(choices: Iterable[Choice]) -> tuple[Msg, ...]:
-    # The translator renders a tuple parameter one item per line.
-    return tuple(_choice_line(choice) for choice in choices)
-
-
 def _summary(intake: Intake) -> Msg:
     description = intake.description
     if len(description) > SUMMARY_PREVIEW_CHARS:
         description = description[:SUMMARY_PREVIEW_CHARS].rstrip() + " […]"
-    category = _by_key(CATEGORIES, intake.category)
-    channel = _by_key(CHANNELS, intake.channel)
+    category = answers.choice_by_key(CATEGORIES, intake.category)
+    channel = answers.choice_by_key(CHANNELS, intake.channel)
     unknown = Msg(N_("not given"))
     if intake.instance_url:
         instance: Msg = Msg(
@@ -788,244 +625,6 @@ _KIND_NOTES: Mapping[RequestKind, Msg] = {
         )
     ),
 }
-
-
-# -- parsing -----------------------------------------------------------------------------
-
-_DROPPED = frozenset({"Mn", "Me", "Cf", "Sk"})  # accents, keycaps, emoji selectors, skin tones
-_MAX_ANSWER = 200  # longer texts are never short answers (and stay cheap to look at)
-
-
-def _norm(text: str) -> str:
-    """A short answer as compared: case, accents, emoji selectors gone, punctuation as spaces.
-
-    "2.", "(2)" and "2️⃣" all become "2"; "E-mail" becomes "e mail"; "Vidéo !" becomes "video".
-    A text longer than `_MAX_ANSWER` gives "" (it matches no answer).
-    """
-    if len(text) > _MAX_ANSWER:
-        return ""
-    chars = []
-    for ch in unicodedata.normalize("NFKD", text.casefold()):
-        category = unicodedata.category(ch)
-        if category in _DROPPED:
-            continue
-        chars.append(" " if category.startswith("P") else ch)
-    return " ".join("".join(chars).split())
-
-
-def _build_index(
-    choices: Iterable[Choice], words: Mapping[str, tuple[str, ...]]
-) -> dict[str, str]:
-    index: dict[str, str] = {}
-    for choice in choices:
-        for word in (choice.key, choice.label, *words.get(choice.key, ())):
-            normalized = _norm(word)
-            if index.setdefault(normalized, choice.key) != choice.key:
-                raise ValueError(f"answer {word!r} is ambiguous")
-    return index
-
-
-_CATEGORY_INDEX = _build_index(CATEGORIES, _CATEGORY_WORDS)
-_CHANNEL_INDEX = _build_index(CHANNELS, _CHANNEL_WORDS)
-_CHANNEL_KEYS = frozenset(choice.key for choice in CHANNELS)
-_YES = frozenset(_norm(word) for word in _YES_WORDS)
-_NO = frozenset(_norm(word) for word in _NO_WORDS)
-_RELATED_EXISTING = frozenset(_norm(word) for word in _RELATED_EXISTING_WORDS)
-_RELATED_NEW = frozenset(_norm(word) for word in _RELATED_NEW_WORDS)
-_EDIT_INDEX = {_norm(word): step for step, words in _EDIT_WORDS.items() for word in words}
-_EDIT_FILLER = frozenset(_norm(word) for word in _EDIT_FILLER_WORDS)
-_NUMBERED = re.compile(r"(\d{1,2}) (\D.*)")
-
-
-def _pick(text: str, index: Mapping[str, str], choices: Iterable[Choice]) -> str | None:
-    """The key a client's answer names: "2", "2.", "vidéo", "2. Vidéo"; None if unclear."""
-    answer = _norm(text)
-    if not answer:
-        return None
-    by_number = {str(choice.number): choice.key for choice in choices}
-    if answer.isdecimal():
-        return by_number.get(str(int(answer))) if len(answer) <= 3 else None
-    if answer in index:
-        return index[answer]
-    numbered = _NUMBERED.fullmatch(answer)
-    if numbered and numbered.group(1).isascii():
-        key = by_number.get(str(int(numbered.group(1))))
-        if key is not None and index.get(numbered.group(2)) == key:
-            return key
-    return None
-
-
-def _edit_target(answer: str, *, numbers: bool) -> IntakeStep | None:
-    words = [word for word in answer.split(" ") if word not in _EDIT_FILLER]
-    name = " ".join(words)
-    if not name or (name.isdecimal() and not numbers):
-        return None
-    return _EDIT_INDEX.get(name)
-
-
-def _by_key(choices: Iterable[Choice], key: str | None) -> Choice | None:
-    return next((choice for choice in choices if choice.key == key), None)
-
-
-_VERSION = re.compile(r"v?([0-9]{1,2}(?:\.(?:[0-9]{1,3}|x)){0,3})(\+[0-9]{4,})?", re.IGNORECASE)
-_SURVEY_ID = re.compile(r"(?:sid|surveyid|id)?[:=#]?([0-9]{4,10})", re.IGNORECASE)
-_BARE_HOST = re.compile(r"(?:www\.)?[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}(?:[/:?#]\S*)?")
-_HOST_LABEL = re.compile(r"(?!-)[\w-]{1,63}(?<!-)")
-_TOKEN_EDGE = "<>()[]{}\"'«»“”,;"
-_MAX_URL = 2_000
-
-
-def parse_instance(text: str) -> InstanceInfo | Msg:
-    """`https://survey.example.org 6.4.1 123456` → InstanceInfo; a `Msg` saying what is wrong.
-
-    Words without digits are ignored, so "my LimeSurvey is https://… version 6" works.
-    """
-    url: str | None = None
-    version: str | None = None
-    survey_id: str | None = None
-    bare_host: str | None = None
-    previous = ""
-    for raw in text.split():
-        token = raw.strip(_TOKEN_EDGE).rstrip(".:!?").strip(_TOKEN_EDGE)
-        if not token:
-            continue
-        word, previous = previous, token.casefold()
-        if token.casefold().startswith(("http://", "https://")):
-            if url is not None:
-                return Msg(N_("Please send only one address."))
-            url = _valid_url(token)
-            if url is None:
-                return Msg(
-                    N_("That address does not look right: it needs a host name after https://.")
-                )
-            continue
-        if not any(ch.isdigit() for ch in token):
-            if bare_host is None and _BARE_HOST.fullmatch(token):
-                bare_host = token
-            continue
-        if word == "build" and token.isascii() and token.isdigit():
-            continue  # "6.4.2 (Build 240129)": part of the version already given
-        matched_version = _VERSION.fullmatch(token)
-        if matched_version:
-            if version is not None:
-                return Msg(N_("Please give only one version."))
-            version = matched_version.group(1).lower() + (matched_version.group(2) or "")
-            continue
-        matched_id = _SURVEY_ID.fullmatch(token)
-        if matched_id:
-            if survey_id is not None:
-                return Msg(
-                    N_(
-                        "Please give only one survey ID, the one concerned (you can mention "
-                        "others in the description)."
-                    )
-                )
-            survey_id = matched_id.group(1)
-            continue
-        if bare_host is None and _BARE_HOST.fullmatch(token):
-            bare_host = token
-            continue
-        return Msg(
-            N_(
-                "I could not read \u201c{token}\u201d: a version looks like 6.4.2 and a survey "
-                "ID is a number of 4 to 10 digits."
-            ),
-            {"token": token[:40]},
-        )
-    if url is None:
-        if bare_host is not None:
-            return Msg(
-                N_("Please write the full address, starting with https:// (for example {url})."),
-                {"url": "https://" + bare_host[:200]},
-            )
-        return Msg(N_("I need the address of your LimeSurvey, starting with https://."))
-    return InstanceInfo(url, version, survey_id or _survey_id_in(url))
-
-
-def _valid_url(token: str) -> str | None:
-    if len(token) > _MAX_URL:
-        return None
-    try:
-        parts = urlsplit(token)
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        return None
-    if parts.scheme.lower() not in ("http", "https") or not host:
-        return None
-    if ":" not in host:  # not IPv6: a dotted name or localhost
-        labels = host.rstrip(".").split(".")
-        if not all(_HOST_LABEL.fullmatch(label) for label in labels):
-            return None
-        if len(labels) < 2 and host != "localhost":
-            return None
-    return token
-
-
-def _survey_id_in(url: str) -> str | None:
-    """LimeSurvey puts the survey ID in `?sid=`/`?surveyid=` or after `index.php/`."""
-    parts = urlsplit(url)
-    for key, values in parse_qs(parts.query).items():
-        if key.lower() in ("sid", "surveyid"):
-            for value in values:
-                if value.isascii() and value.isdigit() and 4 <= len(value) <= 10:
-                    return value
-    segments = [segment for segment in parts.path.split("/") if segment]
-    for before, segment in pairwise(segments):
-        if (
-            before.lower() in ("index.php", "sid", "surveyid")
-            and segment.isascii()
-            and segment.isdigit()
-            and 4 <= len(segment) <= 10
-        ):
-            return segment
-    return None
-
-
-_LOCAL_PART = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
-_DOMAIN_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
-
-
-def extract_email(text: str) -> str | None:
-    """The one e-mail address in `text` ("mine is bob@example.org"), validated; else None.
-
-    Checks the shape a mail server would accept: an ASCII local part, a domain of at least two
-    labels (internationalised names through IDNA) with an alphabetic top-level label. The
-    domain is lower-cased; the local part is kept as written.
-    """
-    if len(text) > 1_000:
-        return None
-    candidates = [
-        token.strip(_TOKEN_EDGE).rstrip(".:!?").strip(_TOKEN_EDGE)
-        for token in text.split()
-        if "@" in token
-    ]
-    if len(candidates) != 1:
-        return None
-    address = candidates[0]
-    if address.lower().startswith("mailto:"):
-        address = address[len("mailto:") :]
-    if len(address) > 254 or address.count("@") != 1:
-        return None
-    local, domain = address.split("@")
-    if len(local) > 64 or not _LOCAL_PART.fullmatch(local):
-        return None
-    try:
-        ascii_domain = domain.rstrip(".").encode("idna").decode("ascii").lower()
-    except UnicodeError:
-        return None
-    labels = ascii_domain.split(".")
-    if len(labels) < 2 or not all(_DOMAIN_LABEL.fullmatch(label) for label in labels):
-        return None
-    # The top-level label is letters, in whatever script ("fr", "рф", "xn--p1ai"): checked in
-    # its Unicode form, since the IDNA form of an odd character ("¡" → "xn--7a") looks fine.
-    try:
-        top = labels[-1].encode("ascii").decode("idna")
-    except UnicodeError:
-        return None
-    if not top.isalpha() or len(labels[-1]) < 2:
-        return None
-    return f"{local}@{domain.rstrip('.').lower()}"
 
 
 # -- storage -----------------------------------------------------------------------------
