@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 
+import handlers
 from bot.config import Config
 from bot.dispatch import Dispatcher
 from bot.events import Incoming
@@ -27,8 +28,7 @@ from bot.storage.db import close_db, open_db
 from bot.storage.tags import SentTags
 from bot.video import build_provider
 from bot.web.app import build_web_app, start_web
-from handlers import build_router, sweepers
-from handlers.interventions import on_client_confirmed
+from handlers.consent import on_client_confirmed
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,14 @@ async def run_bot(
             video=video,
             mailer=Mailer(config.mail),
         )
-        deliverer = Deliverer(shell.transport, clock, tags=SentTags())
+        deliverer = Deliverer(
+            shell.transport, clock, tags=SentTags(), mailer=lambda: services.mailer
+        )
         dispatcher = Dispatcher(
-            build_router(), services, wake_delivery=deliverer.wake, deliver=deliverer.offer
+            handlers.build_router(),
+            services,
+            wake_delivery=deliverer.wake,
+            deliver=deliverer.offer,
         )
         services.jobs = dispatcher
         holder["dispatcher"] = dispatcher
@@ -102,7 +107,7 @@ async def run_bot(
         web_runner = await start_web(web, config.web.listen)
         await shell.start()
         deliverer.start()
-        tasks.append(asyncio.create_task(sweep_forever(services, sweepers(), stop)))
+        tasks.append(asyncio.create_task(sweep_forever(services, handlers.sweepers(), stop)))
         sync_task = asyncio.create_task(shell.run(), name="matrix-sync")
         tasks.append(sync_task)
         log.info("support-bot ready as %s", config.matrix.user_id)

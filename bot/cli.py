@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import inspect
 import logging
-import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
+
+from bot.process import LOG_FORMAT, stop_on_signals
 
 if TYPE_CHECKING:
     from bot.config import Config, ConfigError
@@ -25,7 +25,6 @@ DEFAULT_CONFIG = "bot.toml"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # Only levels and origins: message content belongs in no log line (SPEC §7), so the format adds
 # nothing beyond what the code chose to log.
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Loggers that speak about traffic (requests, access lines, ORM start/stop), not about the bot.
 QUIET_LOGGERS = ("nio", "aiohttp.access", "aiohttp.client", "aiohttp.server", "tortoise")
 
@@ -338,31 +337,3 @@ def _with_config(args: argparse.Namespace, command: Callable[..., Any], *a: Any,
     if inspect.iscoroutine(result):
         result = asyncio.run(result)
     return 0 if result is None else int(result)
-
-
-@contextlib.contextmanager
-def stop_on_signals(
-    stop: asyncio.Event, on_signal: Callable[[str], None] | None = None
-) -> Iterator[None]:
-    """Inside a running loop: the first SIGINT or SIGTERM sets `stop` (a clean stop). The
-    handlers are then removed, so a second Ctrl-C interrupts at once."""
-    loop = asyncio.get_running_loop()
-    signals = (signal.SIGINT, signal.SIGTERM)
-
-    def remove() -> None:
-        for sig in signals:
-            loop.remove_signal_handler(sig)
-
-    def handle(sig: signal.Signals) -> None:
-        log.info("received %s: stopping", sig.name)
-        remove()
-        if on_signal is not None:
-            on_signal(sig.name)
-        stop.set()
-
-    for sig in signals:
-        loop.add_signal_handler(sig, handle, sig)
-    try:
-        yield
-    finally:
-        remove()

@@ -39,14 +39,14 @@ from tortoise.transactions import in_transaction
 from bot.config import Config
 from bot.domain.tickets import Refusal, client_confirm
 from bot.i18n import N_, NP_, Catalogs, Msg, Translator
-from bot.mail import Mail, MailError
+from bot.mail import Mail
 from bot.rules import format_duration, tickets_for
 from bot.storage.models import Client, ConfirmationToken, Ticket, UserPref
 from bot.storage.repo import apply_state, audit, ticket_state
-from bot.web.tokens import looks_like_token, new_token, token_hash
+from bot.tokens import looks_like_token, new_token, token_hash
 
 if TYPE_CHECKING:
-    from bot.mail import Mailer
+    pass
 
 __all__ = [
     "AUDIT_ACTION",
@@ -69,7 +69,6 @@ __all__ = [
     "consent_status",
     "issue_confirmation",
     "prepare_consent",
-    "request_consent",
     "summarize",
 ]
 
@@ -305,7 +304,7 @@ def confirmation_link(public_url: str, token: str) -> str:
 
 async def client_contact(ticket: Ticket) -> ClientContact:
     """The client's address on file and current language: their preference (`UserPref`), else
-    the ticket's locale. What `request_consent` passes to `prepare_consent`."""
+    the ticket's locale. What the `!estimate` handler passes to `prepare_consent`."""
     client = await Client.get(id=ticket.client_id)  # type: ignore[attr-defined]
     pref = await UserPref.get_or_none(user_key=client.key)
     return ClientContact(email=client.email, locale=pref.locale if pref else ticket.locale)
@@ -356,35 +355,6 @@ async def prepare_consent(
     )
     mail = Mail(to=address, subject=subject, text=text, html=html)
     return ConsentRequest(expires_at=expires_at, tickets=tickets, mail=mail)
-
-
-async def request_consent(
-    ticket: Ticket,
-    *,
-    config: Config,
-    catalogs: Catalogs,
-    mailer: Mailer,
-    now: datetime,
-) -> datetime:
-    """`prepare_consent` for the ticket's client, then send the e-mail at once.
-
-    Returns when the link expires. Raises `MailError` when the e-mail cannot be sent (also when
-    there is no address); a stored link then simply goes unused, and asking again issues a new
-    one that replaces it.
-    """
-    contact = await client_contact(ticket)
-    request = await prepare_consent(
-        ticket,
-        client_email=contact.email,
-        locale=contact.locale,
-        config=config,
-        catalogs=catalogs,
-        now=now,
-    )
-    if isinstance(request, NoAddress):
-        raise MailError("neither the ticket nor its client has an e-mail address")
-    await mailer.send_mail(request.mail)
-    return request.expires_at
 
 
 # -- reading ----------------------------------------------------------------------------------

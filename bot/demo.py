@@ -120,7 +120,7 @@ def run_demo(options: DemoOptions) -> int:
 
 
 async def _demo(options: DemoOptions, data_dir: Path, run_bot: Callable[..., Any] | None) -> int:
-    from bot.cli import stop_on_signals
+    from bot.process import stop_on_signals
 
     stop = asyncio.Event()
     with stop_on_signals(stop, lambda name: _say(f"\n{name}: stopping the demo…")):
@@ -670,7 +670,7 @@ def _print_banner(
 
 def _log_to_file(path: Path, level: str, *, quiet_console: bool) -> None:
     """The bot's log goes to DIR/bot.log; while chatting, the terminal shows warnings only."""
-    from bot.cli import LOG_FORMAT
+    from bot.process import LOG_FORMAT
 
     root = logging.getLogger()
     if quiet_console:

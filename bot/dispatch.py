@@ -23,7 +23,8 @@ import logging
 import re
 import secrets
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -45,6 +46,7 @@ from bot.events import (
 )
 from bot.i18n import N_, Msg, Translator
 from bot.identity import Author, Sender
+from bot.mail import Mail
 from bot.storage import repo
 from bot.storage.models import HandledEvent, Notice, OutboxItem
 
@@ -214,6 +216,10 @@ class Outgoing:
     on_sent: str | None = None
 
 
+#: The outbox "room" of e-mails: one worker sends them in order, apart from the chat rooms.
+MAIL_QUEUE = "mail:"
+
+
 def txn_base(event_id: str) -> str:
     # Matrix transaction ids go in a URL path: derive a safe, stable one from the event id.
     return "sb" + hashlib.sha256(event_id.encode()).hexdigest()[:24]
@@ -330,6 +336,36 @@ class Context:
         content["m.new_content"] = new
         self.outgoing.append(Outgoing(room_id, "edit", content, target=target))
 
+    @contextmanager
+    def collect(self) -> Iterator[list[Outgoing]]:
+        """Hold back the messages written inside the block: they are handed to `send_mail`
+        and go out only once the outcome of the e-mail is known."""
+        start = len(self.outgoing)
+        held: list[Outgoing] = []
+        try:
+            yield held
+        finally:
+            held.extend(self.outgoing[start:])
+            del self.outgoing[start:]
+
+    def send_mail(
+        self, mail: Mail, *, if_sent: Sequence[Outgoing] = (), if_failed: Sequence[Outgoing] = ()
+    ) -> None:
+        """E-mail through the outbox: sent after this event's commit (so a rolled-back change
+        never mails anything), retried with backoff, then exactly one of the two groups of
+        messages follows: `if_sent` once the mail is out, `if_failed` when it finally fails."""
+        self.outgoing.append(
+            Outgoing(
+                MAIL_QUEUE,
+                "mail",
+                {
+                    "mail": mail.to_content(),
+                    "if_sent": [_stored(out) for out in if_sent],
+                    "if_failed": [_stored(out) for out in if_failed],
+                },
+            )
+        )
+
     def to_client(
         self,
         room_id: str,
@@ -395,6 +431,16 @@ class Context:
 
     def fail(self, msg: Msg) -> DomainError:
         return DomainError(msg)
+
+
+def _stored(out: Outgoing) -> dict[str, Any]:
+    return {
+        "room_id": out.room_id,
+        "kind": out.kind,
+        "content": out.content,
+        "target": out.target,
+        "on_sent": out.on_sent,
+    }
 
 
 COMMAND_RE = re.compile(r"^\s*[!！]([\w-]+)(?:\s+(.*))?$", re.S)

@@ -71,11 +71,21 @@ class Mailer:
         self._config = config
         self._timeout = timeout
 
-    async def send(self, to: str, subject: str, text: str, html: str | None = None) -> None:
-        """Send one message; raises `MailError` when it cannot be handed to the server."""
+    async def send(
+        self,
+        to: str,
+        subject: str,
+        text: str,
+        html: str | None = None,
+        *,
+        message_key: str | None = None,
+    ) -> None:
+        """Send one message; raises `MailError` when it cannot be handed to the server.
+        `message_key` makes the Message-ID stable: a resend after a crash is the same mail
+        to the recipient's client, which shows it once."""
         config = self._config
         try:
-            message = build_message(config.from_, to, subject, text, html)
+            message = build_message(config.from_, to, subject, text, html, message_key=message_key)
         except ValueError as exc:  # a malformed address or a line break in a header
             raise MailError(f"message refused before sending: {type(exc).__name__}") from None
         try:
@@ -98,13 +108,19 @@ class Mailer:
             raise MailError(f"SMTP delivery failed: {detail}") from None
         log.info("mail: sent %r", subject)
 
-    async def send_mail(self, mail: Mail) -> None:
+    async def send_mail(self, mail: Mail, *, message_key: str | None = None) -> None:
         """Send `mail`; raises `MailError` when it cannot be handed to the server."""
-        await self.send(mail.to, mail.subject, mail.text, mail.html)
+        await self.send(mail.to, mail.subject, mail.text, mail.html, message_key=message_key)
 
 
 def build_message(
-    sender: str, to: str, subject: str, text: str, html: str | None = None
+    sender: str,
+    to: str,
+    subject: str,
+    text: str,
+    html: str | None = None,
+    *,
+    message_key: str | None = None,
 ) -> EmailMessage:
     """A MIME message: plain text, plus an HTML alternative when given."""
     _, address = parseaddr(to)
@@ -116,7 +132,10 @@ def build_message(
     message["Subject"] = subject
     message["Date"] = formatdate(usegmt=True)
     domain = parseaddr(sender)[1].rpartition("@")[2] or None
-    message["Message-ID"] = make_msgid(domain=domain)
+    if message_key is not None:
+        message["Message-ID"] = f"<{message_key}@{domain or 'support-bot'}>"
+    else:
+        message["Message-ID"] = make_msgid(domain=domain)
     message["Auto-Submitted"] = "auto-generated"
     message.set_content(text)
     if html is not None:

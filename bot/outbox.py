@@ -12,12 +12,18 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
+from tortoise.transactions import in_transaction
+
+from bot.mail import Mail, Mailer, MailError
 from bot.ports import Transport, TransportError
 from bot.storage.models import OutboxItem
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 6
+# An e-mail is tried this many times (a dead SMTP server is no reason to wait for ever: the
+# client and staff are told, and staff can ask again), with the same backoff as messages.
+MAIL_ATTEMPTS = 4
 # An event's answers in other rooms than its own (the staff room's card after a client's
 # answer) wait for its own room's answer to be sent, at most this long.
 HEAD_START_SECONDS = 2.0
@@ -44,11 +50,19 @@ class Deliverer:
     earlier crash, of a failed attempt; and every 30 s)."""
 
     def __init__(
-        self, transport: Transport, clock: Callable[[], datetime], *, tags: TagBook | None = None
+        self,
+        transport: Transport,
+        clock: Callable[[], datetime],
+        *,
+        tags: TagBook | None = None,
+        mailer: Callable[[], Mailer | None] = lambda: None,
+        backoff: float = 0.5,
     ):
         self.transport = transport
         self.clock = clock
         self.tags = tags
+        self.mailer = mailer  # read at each send: the configured mailer may change
+        self.backoff = backoff
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -178,7 +192,9 @@ class Deliverer:
             del self._recent[next(iter(self._recent))]
 
     async def _deliver(self, item: OutboxItem) -> bool:
-        delay = 0.5
+        if item.kind == "mail":
+            return await self._deliver_mail(item)
+        delay = self.backoff
         while True:
             try:
                 event_id = await self._send(item)
@@ -217,6 +233,56 @@ class Deliverer:
             await self._after_sent(item, event_id)
             self.sent += 1
             return True
+
+    async def _deliver_mail(self, item: OutboxItem) -> bool:
+        """Send an e-mail row, then queue the messages its outcome calls for (in the same
+        transaction as marking the row, so a crash in between sends neither twice)."""
+        mail = Mail.from_content(item.content["mail"])
+        mailer = self.mailer()
+        delay = self.backoff
+        sent = False
+        while mailer is not None:
+            try:
+                # Its Message-ID comes from the row: a resend after a crash is the same mail.
+                await mailer.send_mail(mail, message_key=item.txn_id)
+            except MailError as error:
+                item.attempts += 1
+                await _store(item, "attempts")
+                log.warning(
+                    "outbox mail %s: attempt %d failed (%s)", item.txn_id, item.attempts, error
+                )
+                if item.attempts >= MAIL_ATTEMPTS:
+                    break
+                await asyncio.sleep(delay + random.random() * delay)
+                delay = min(delay * 2, 30)
+                continue
+            sent = True
+            break
+        follow = item.content.get("if_sent" if sent else "if_failed") or []
+        now = self.clock()
+        rows = [
+            OutboxItem(
+                txn_id=f"{item.txn_id}-{'ok' if sent else 'ko'}{n}",
+                room_id=out["room_id"],
+                kind=out["kind"],
+                content=out["content"],
+                target=out.get("target"),
+                on_sent=out.get("on_sent"),
+                created_at=now,
+            )
+            for n, out in enumerate(follow)
+        ]
+        item.sent_at, item.failed = (now, False) if sent else (None, True)
+        async with in_transaction():
+            await _store(item, "sent_at", "failed")
+            if rows:
+                await OutboxItem.bulk_create(rows, ignore_conflicts=True)
+        self._remember(item.txn_id)
+        if rows:
+            self.offer(rows)
+        if sent:
+            self.sent += 1
+        return True  # either way the queue goes on: a failed mail is reported, not retried
 
     async def _resolve(self, target: str | None) -> str | None:
         if target is None:

@@ -50,8 +50,16 @@ class Transport(Protocol):
     async def upload(self, data: bytes, content_type: str, filename: str) -> str: ...
 
     async def create_room(
-        self, *, name: str, invite: list[str], is_direct: bool, encrypted: bool
-    ) -> str: ...
+        self,
+        *,
+        name: str,
+        invite: list[str],
+        is_direct: bool,
+        encrypted: bool,
+        key: str | None = None,
+    ) -> str:
+        """A new room; with `key`, asking again with the same key returns the same room (a
+        replay after a crash creates no second one)."""
 
     async def invite(self, room_id: str, user_id: str) -> None: ...
 

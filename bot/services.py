@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -115,6 +117,13 @@ class Services:
 
     def staff_room_id(self) -> str | None:
         return self.identity.staff_room_id()
+
+    def room_key(self, purpose: str, who: str) -> str:
+        """A stable, unguessable key for a room the bot creates for someone (`create_room`'s
+        `key`): asking twice, as a replay after a crash does, finds the same room."""
+        secret = self.config.web.secret or self.config.matrix.user_id
+        digest = hmac.new(secret.encode(), f"{purpose}:{who}".encode(), hashlib.sha256)
+        return digest.hexdigest()[:32]
 
     def staff_tr(self) -> Translator:
         return self.catalogs.get(self.config.service.default_locale)

@@ -15,7 +15,17 @@ from bot.dispatch import Router
 from bot.services import Sweeper
 from handlers.state import load_state
 
-MODULES = ("commands", "intake", "staff", "booking", "interventions", "privacy")
+MODULES = (
+    "commands",
+    "intake",
+    "staff",
+    "booking",
+    "calendar",
+    "consent",
+    "closing",
+    "billing",
+    "privacy",
+)
 
 
 def _modules() -> list:

@@ -9,7 +9,7 @@ from bot.cards import card_view, render_card
 from bot.dispatch import Context, DomainError
 from bot.domain.bridge import bridged_nick
 from bot.domain.tickets import Refusal, Status, TicketState
-from bot.i18n import N_, Msg, Translator
+from bot.i18n import N_, NP_, Msg, Translator
 from bot.ports import TransportError
 from bot.storage import repo
 from bot.storage.models import Booking, Client, Ticket
@@ -161,3 +161,67 @@ async def client_ticket(ctx: Context, example: str = "SP-2026-0042") -> Ticket:
     if ticket is None:
         raise DomainError(Msg(NOT_FOUND, {"ref": ref}))
     return ticket
+
+
+# -- shared by the consent, closing and billing modules -----------------------------------------
+
+#: A check mark: a staff member's confirmation on a card, a client's acceptance elsewhere.
+CONFIRM_KEYS = ("✅", "✔️")
+
+_TICKETS = NP_("{n} ticket", "{n} tickets")
+_BAD_DURATION = N_("{reason} Example: {example}")
+
+
+def tickets_msg(n: int) -> Msg:
+    """The count "{n} ticket(s)", to put in a message's parameters."""
+    return Msg(_TICKETS[0], {}, _TICKETS[1], n)
+
+
+def bad_duration(ctx: Context, ref: str, reason: Msg, sample: str) -> DomainError:
+    """The refusal of a duration that does not parse (`reason`, from `rules.DurationError`),
+    with the command written right."""
+    example = f"!{ctx.command} {ref} {sample}"
+    return DomainError(Msg(_BAD_DURATION, {"reason": reason, "example": example}))
+
+
+def rest_of_args(args: str) -> str:
+    """The arguments after the reference."""
+    return REF_RE.sub("", args, count=1).strip()
+
+
+async def locked(ticket_id: int) -> Ticket:
+    """The ticket row, locked until the handler's transaction ends (PostgreSQL; SQLite
+    serialises writers anyway), so a web confirmation cannot interleave with a decision."""
+    return await Ticket.filter(id=ticket_id).select_for_update().get()
+
+
+async def locked_staff_ticket(ctx: Context) -> Ticket:
+    """`staff_ticket`, locked."""
+    return await locked((await staff_ticket(ctx)).id)
+
+
+async def locked_client_ticket(ctx: Context, statuses: frozenset[Status]) -> Ticket:
+    """The client's ticket named in the arguments, locked; without a reference, their only
+    ticket in one of `statuses`. Someone else's ticket is "not found"."""
+    if find_ref(ctx.args) is not None:
+        return await locked((await client_ticket(ctx)).id)
+    candidates = await Ticket.filter(
+        client__key=ctx.sender.key, status__in=[str(s) for s in statuses]
+    ).limit(2)
+    if len(candidates) == 1:
+        return await locked(candidates[0].id)
+    raise DomainError(Msg(NEED_REF, {"command": ctx.command, "example": "SP-2026-0042"}))
+
+
+async def card_ticket(ctx: Context, target: str) -> Ticket | None:
+    """The ticket whose card is `target`, locked, for a staff member's reaction in the staff
+    room. Anyone else (clients, bridges) gets no answer at all."""
+    if not ctx.in_staff_room or not ctx.is_staff:
+        return None
+    found = await Ticket.get_or_none(card_event_id=target)
+    return None if found is None else await locked(found.id)
+
+
+#: A booking's status while its call stands (`repo.CANCELLED_BOOKING` once it is cancelled);
+#: the booking side, the staff calendar and the meetings all filter on it.
+ACTIVE_BOOKING = "active"

@@ -533,6 +533,7 @@ async def _private_room(ctx: Context, client: Client) -> str:
             invite=invite,
             is_direct=False,
             encrypted=transport.is_encrypted(ctx.room_id),
+            key=ctx.services.room_key("private", ctx.sender.key),
         )
     except TransportError as error:
         log.warning("could not create a private room: %s", error)

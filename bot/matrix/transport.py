@@ -23,6 +23,7 @@ Decisions (see also `client.py`):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import io
 import logging
@@ -247,9 +248,26 @@ class NioTransport:
         return response.content_uri
 
     async def create_room(
-        self, *, name: str, invite: list[str], is_direct: bool, encrypted: bool
+        self,
+        *,
+        name: str,
+        invite: list[str],
+        is_direct: bool,
+        encrypted: bool,
+        key: str | None = None,
     ) -> str:
+        """With `key`, the room gets the local alias `#sb-<key>`: creating it again fails
+        with M_ROOM_IN_USE on the homeserver, and the room the alias names is returned
+        (a replay after a crash creates no second room)."""
         client = self._nio()
+        alias = f"sb-{key}" if key else None
+        if alias is not None:
+            existing = await self._room_of_alias(alias)
+            if existing is not None:
+                for user_id in invite:
+                    with contextlib.suppress(TransportError):  # already invited or joined
+                        await self.invite(existing, user_id)
+                return existing
         initial_state = []
         if encrypted:
             initial_state.append(
@@ -271,6 +289,7 @@ class NioTransport:
                 is_direct=is_direct,
                 preset=preset,
                 initial_state=initial_state,
+                alias=alias,
             ),
             expect=RoomCreateResponse,
         )
@@ -282,6 +301,23 @@ class NioTransport:
         except TransportError as error:  # the next sync brings the rest
             log.info("state of new room %s not loaded yet: %s", room_id, error)
         return room_id
+
+    async def _room_of_alias(self, alias: str) -> str | None:
+        """The room a local alias of the bot's names, if the bot is in it."""
+        client = self._nio()
+        server = self.bot_user_id.partition(":")[2]
+        try:
+            response = await client.room_resolve_alias(f"#{alias}:{server}")
+        except NETWORK_ERRORS as error:
+            raise error_from_exception(error, "resolve alias") from error
+        room_id = getattr(response, "room_id", None)
+        if not room_id:
+            return None  # not found: not created yet
+        try:
+            await self.ensure_room(room_id)
+        except TransportError:
+            return None
+        return room_id if self.bot_user_id in self.joined_members(room_id) else None
 
     async def invite(self, room_id: str, user_id: str) -> None:
         client = self._nio()

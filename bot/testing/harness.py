@@ -9,8 +9,8 @@ transport instead of a homeserver and a clock the test moves.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -110,6 +110,7 @@ class RecordingTransport:
         self.by_txn: dict[str, Sent] = {}
         self.uploads: list[tuple[bytes, str, str]] = []
         self.created_rooms: list[dict[str, Any]] = []
+        self.room_keys: dict[str, str] = {}
         self.invites: list[tuple[str, str]] = []
         self.members: dict[str, set[str]] = {STAFF_ROOM: {BOT, STAFF}}
         self.powers: dict[str, dict[str, int]] = {STAFF_ROOM: {STAFF: 50}}
@@ -141,9 +142,19 @@ class RecordingTransport:
         return f"mxc://test/{len(self.uploads)}"
 
     async def create_room(
-        self, *, name: str, invite: list[str], is_direct: bool, encrypted: bool
+        self,
+        *,
+        name: str,
+        invite: list[str],
+        is_direct: bool,
+        encrypted: bool,
+        key: str | None = None,
     ) -> str:
+        if key is not None and key in self.room_keys:  # as the alias does on a homeserver
+            return self.room_keys[key]
         room_id = f"!room{next(self._ids)}:test"
+        if key is not None:
+            self.room_keys[key] = room_id
         self.created_rooms.append(
             {"room_id": room_id, "name": name, "invite": list(invite), "is_direct": is_direct}
         )
@@ -168,6 +179,11 @@ class RecordingTransport:
 
     def is_direct(self, room_id: str) -> bool:
         return len(self.joined_members(room_id)) <= 2
+
+
+class Crash(BaseException):
+    """The process dies at this point: nothing after it runs and nothing is committed (a
+    BaseException, so no error boundary apologises for it)."""
 
 
 class BotHarness:
@@ -195,6 +211,8 @@ class BotHarness:
             self.transport,  # type: ignore[arg-type]
             self.clock,
             tags=SentTags(),
+            mailer=lambda: self.services.mailer,
+            backoff=0.01,  # a dead test SMTP server is given up in a moment
         )
         self.dispatcher = Dispatcher(
             build_router(), self.services, wake_delivery=lambda: None, deliver=self.deliverer.offer
@@ -219,6 +237,32 @@ class BotHarness:
         await close_db()
         await open_db(self.db_url)
         self._build()
+
+    @contextmanager
+    def crash_at_commit(self) -> Iterator[None]:
+        """The next event's handler runs to its end, with every outside effect it makes
+        (rooms, invites, meetings), then the process dies before its transaction commits.
+        Follow with `restart()` and the same event: a replay must not repeat the effects."""
+        dispatcher = self.dispatcher
+
+        async def crash(*args: Any, **kwargs: Any) -> Any:
+            raise Crash
+
+        dispatcher._commit = crash  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            del dispatcher._commit  # back to the class's own
+
+    def text_event(self, room_id: str, sender: str, body: str) -> IncomingText:
+        return IncomingText(
+            event_id=self.next_event_id(),
+            room_id=room_id,
+            sender=sender,
+            body=body,
+            ts=self.clock(),
+            msgtype="m.text",
+        )
 
     def next_event_id(self) -> str:
         return f"$in{next(self._ids)}"

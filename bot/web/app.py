@@ -48,8 +48,8 @@ from bot.consent import (
 )
 from bot.i18n import N_, Catalogs, Msg, Translator, normalize_locale
 from bot.storage.models import Booking, StaffFeed, UserPref
+from bot.tokens import check_csrf, csrf_token, looks_like_token, new_token, token_hash
 from bot.web import pages
-from bot.web.tokens import check_csrf, csrf_token, looks_like_token, new_token, token_hash
 
 __all__ = [
     "OnConfirmed",

@@ -39,10 +39,10 @@ from bot.storage.models import (
 from bot.testing.fake_bbb import FakeBigBlueButton
 from bot.testing.harness import STAFF, STAFF_ROOM, BotHarness, FakeClock, Sent
 from bot.testing.harness import test_config as make_config
+from bot.tokens import token_hash
 from bot.video import Meeting, VideoError, build_provider
 from bot.video.jitsi import JitsiProvider
-from bot.web.tokens import token_hash
-from handlers import booking
+from handlers import booking, meetings
 from handlers.booking import offer_slots
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -834,7 +834,7 @@ async def test_video_failure_keeps_the_booking_and_the_link_follows(bot):
     await bot.sweep()
     assert failing.calls == 2
     use_jitsi(bot)
-    bot.clock.advance(booking.LINK_RETRY)
+    bot.clock.advance(meetings.LINK_RETRY)
     sent = await bot.sweep()
     call = await Booking.get(id=call.id)
     assert call.client_url and call.client_url.startswith("https://jitsi.test/")

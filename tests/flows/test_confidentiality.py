@@ -31,7 +31,7 @@ from bot.testing.harness import test_config as make_config
 from bot.testing.net import free_port
 from bot.testing.smtp import Inbox
 from bot.video.jitsi import JitsiProvider
-from handlers import interventions
+from handlers import consent
 
 MONDAY_9H = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)  # 09:00 in Paris
 ALICE, BOB = "@alice:test", "@bob:test"
@@ -131,7 +131,7 @@ async def full_flow(bot: BotHarness, smtp_port: int, *, alice_text: str = ALICE_
     token = _last_consent_token(bot)
     result = await confirm(token, now=bot.clock(), secret=bot.config.web.secret)
     assert isinstance(result, Confirmed)
-    await interventions.on_client_confirmed(bot.services, bob.id)
+    await consent.on_client_confirmed(bot.services, bob.id)
     await bot.deliverer.deliver_pending()
     bob = await Ticket.get(id=bob.id)
     await bot.react(STAFF_ROOM, STAFF, bob.card_event_id or "", "✅")

@@ -28,7 +28,7 @@ from bot.storage.models import AuditEntry, Client, Reaction, Ticket, TimeLog
 from bot.testing.harness import STAFF, STAFF_ROOM, BotHarness, Sent
 from bot.testing.harness import test_config as base_config
 from bot.testing.net import free_port
-from handlers import interventions as iv
+from handlers import billing, closing, consent
 
 DM = "!dm-alice:test"
 ALICE = "@alice:test"
@@ -113,7 +113,7 @@ def fr(bot: BotHarness, text: str, **params: Any) -> str:
 
 
 def tickets_fr(bot: BotHarness, n: int) -> str:
-    return bot.catalogs.get("fr").render(iv._tickets(n), bot.services.tz)
+    return bot.catalogs.get("fr").render(consent._tickets(n), bot.services.tz)
 
 
 def messages(sent: list[Sent], room_id: str) -> list[Sent]:
@@ -157,7 +157,7 @@ async def consent_by_web(bot: BotHarness, token: str, ticket: Ticket) -> list[Se
     result = await confirm(token, now=bot.clock(), secret=bot.config.web.secret)
     assert isinstance(result, Confirmed)
     before = len(bot.transport.sent)
-    await iv.on_client_confirmed(bot.services, ticket.id)
+    await consent.on_client_confirmed(bot.services, ticket.id)
     await bot.deliverer.deliver_pending()
     return bot.transport.sent[before:]
 
@@ -198,10 +198,10 @@ async def test_two_hours_needs_no_consent_and_check_confirms_at_once(bot, smtp):
     assert to_client == [
         fr(
             bot,
-            iv._ESTIMATED_CLIENT,
+            consent._ESTIMATED_CLIENT,
             ref=t.ref,
             duration="2h",
-            tickets=iv._tickets(2),
+            tickets=consent._tickets(2),
         )
     ]
     assert card_edits(sent, ticket)  # the card shows the estimate
@@ -215,7 +215,7 @@ async def test_two_hours_needs_no_consent_and_check_confirms_at_once(bot, smtp):
     staff_msgs = new_messages(sent, STAFF_ROOM)
     assert any(STAFF in body and t.ref in body for body in staff_msgs)
     assert new_messages(sent, DM) == [
-        fr(bot, iv._STAFF_CONFIRMED_CLIENT, ref=t.ref, tickets=iv._tickets(2))
+        fr(bot, consent._STAFF_CONFIRMED_CLIENT, ref=t.ref, tickets=consent._tickets(2))
     ]
     assert card_edits(sent, ticket)
     actions = [e.action for e in await AuditEntry.filter(ticket_id=t.id).order_by("id")]
@@ -233,9 +233,9 @@ async def test_above_two_tickets_mail_in_french_then_check_only_after_consent(bo
 
     # The client is warned in the room: N tickets, more than two, starts after confirmation.
     [warning] = new_messages(sent, DM)
-    assert fr(bot, iv._CONSENT_NEEDED_CLIENT, ref=t.ref, duration="2h01", n=3) in warning
+    assert fr(bot, consent._CONSENT_NEEDED_CLIENT, ref=t.ref, duration="2h01", n=3) in warning
     expires = bot.clock() + timedelta(days=bot.config.service.confirmation_link_days)
-    assert fr(bot, iv._CONSENT_BY_EMAIL_CLIENT, expires_at=expires) in warning
+    assert fr(bot, consent._CONSENT_BY_EMAIL_CLIENT, expires_at=expires) in warning
 
     # The e-mail: to the ticket's address, in French, with a link to the consent page.
     [(recipients, message)] = inbox.messages
@@ -257,12 +257,12 @@ async def test_above_two_tickets_mail_in_french_then_check_only_after_consent(bo
 
     # The client confirms on the web page; the web server calls the hook.
     sent = await consent_by_web(bot, token, ticket)
-    assert new_messages(sent, STAFF_ROOM) == [fr(bot, iv._CLIENT_CONFIRMED_STAFF, ref=t.ref)]
-    assert new_messages(sent, DM) == [fr(bot, iv._CLIENT_CONFIRMED_THANKS, ref=t.ref)]
+    assert new_messages(sent, STAFF_ROOM) == [fr(bot, consent._CLIENT_CONFIRMED_STAFF, ref=t.ref)]
+    assert new_messages(sent, DM) == [fr(bot, consent._CLIENT_CONFIRMED_THANKS, ref=t.ref)]
     assert card_edits(sent, ticket)
     # Calling the hook again (a retry) tells nobody twice.
     before = len(bot.transport.sent)
-    await iv.on_client_confirmed(bot.services, ticket.id)
+    await consent.on_client_confirmed(bot.services, ticket.id)
     await bot.deliverer.deliver_pending()
     assert bot.transport.sent[before:] == []
 
@@ -281,9 +281,9 @@ async def test_mail_failure_tells_staff_and_client_without_the_address(bot, capl
     t = await reload(ticket)
     assert t.status == Status.AWAITING_CLIENT_CONFIRMATION  # still waits for the consent
     [to_client] = new_messages(sent, DM)
-    assert fr(bot, iv._MAIL_FAILED_CLIENT, ref=t.ref) in to_client
+    assert fr(bot, consent._MAIL_FAILED_CLIENT, ref=t.ref) in to_client
     staff = new_messages(sent, STAFF_ROOM)
-    assert any(fr(bot, iv._MAIL_SMTP) in body and t.ref in body for body in staff)
+    assert any(fr(bot, consent._MAIL_SMTP) in body and t.ref in body for body in staff)
     assert ALICE_MAIL not in caplog.text
     assert all(ALICE_MAIL not in s.body for s in sent)
 
@@ -291,14 +291,14 @@ async def test_mail_failure_tells_staff_and_client_without_the_address(bot, capl
     other = await make_ticket(bot, email_address=None)
     sent = await estimate(bot, other, "3h")
     staff = new_messages(sent, STAFF_ROOM)
-    assert any(fr(bot, iv._MAIL_NO_ADDRESS) in body for body in staff)
+    assert any(fr(bot, consent._MAIL_NO_ADDRESS) in body for body in staff)
 
     # No mailer at all.
     bot.services.mailer = None
     third = await make_ticket(bot)
     sent = await estimate(bot, third, "3h")
     staff = new_messages(sent, STAFF_ROOM)
-    assert any(fr(bot, iv._MAIL_NOT_CONFIGURED) in body for body in staff)
+    assert any(fr(bot, consent._MAIL_NOT_CONFIGURED) in body for body in staff)
 
 
 async def test_new_estimate_sends_a_new_link_and_the_old_one_stops_working(bot, smtp):
@@ -322,7 +322,7 @@ async def test_chat_mode_accepts_confirm_in_the_client_room(db_url, smtp):
         ticket = await make_ticket(bot)
         sent = await estimate(bot, ticket, "3h")
         [warning] = new_messages(sent, DM)
-        assert fr(bot, iv._CONSENT_BY_CHAT_CLIENT, ref=ticket.ref) in warning
+        assert fr(bot, consent._CONSENT_BY_CHAT_CLIENT, ref=ticket.ref) in warning
         assert inbox.messages == []
 
         # Only the ticket's client can confirm it: anyone else does not even see it.
@@ -334,8 +334,10 @@ async def test_chat_mode_accepts_confirm_in_the_client_room(db_url, smtp):
         t = await reload(ticket)
         assert t.status == Status.AWAITING_STAFF_CONFIRMATION
         assert t.client_confirmed_at == bot.clock()
-        assert new_messages(sent, DM) == [fr(bot, iv._CLIENT_CONFIRMED_THANKS, ref=t.ref)]
-        assert fr(bot, iv._CLIENT_CONFIRMED_STAFF, ref=t.ref) in new_messages(sent, STAFF_ROOM)
+        assert new_messages(sent, DM) == [fr(bot, consent._CLIENT_CONFIRMED_THANKS, ref=t.ref)]
+        assert fr(bot, consent._CLIENT_CONFIRMED_STAFF, ref=t.ref) in new_messages(
+            sent, STAFF_ROOM
+        )
 
         await check(bot, ticket)
         assert (await reload(ticket)).status == Status.CONFIRMED
@@ -347,7 +349,7 @@ async def test_email_mode_confirm_command_explains_the_link_is_needed(bot, smtp)
     ticket = await make_ticket(bot)
     await estimate(bot, ticket, "3h")
     sent = await bot.say(DM, ALICE, f"!confirm {ticket.ref}")
-    assert [s.body for s in sent] == [fr(bot, iv._CONFIRM_BY_EMAIL, ref=ticket.ref)]
+    assert [s.body for s in sent] == [fr(bot, consent._CONFIRM_BY_EMAIL, ref=ticket.ref)]
     assert (await reload(ticket)).status == Status.AWAITING_CLIENT_CONFIRMATION
 
 
@@ -409,7 +411,7 @@ async def test_cross_declines_and_the_client_is_told_politely(bot):
     assert t.status == Status.DECLINED
     assert lifecycle.billed_tickets(repo.ticket_state(t)) == 0
     # In the client's own language (English here).
-    assert new_messages(sent, DM) == [iv._DECLINED_CLIENT.format(ref=t.ref)]
+    assert new_messages(sent, DM) == [closing._DECLINED_CLIENT.format(ref=t.ref)]
     assert any(t.ref in body for body in new_messages(sent, STAFF_ROOM))
     # A second ❌: refused with the reason, nothing sent to the client.
     sent = await bot.react(STAFF_ROOM, STAFF, ticket.card_event_id, "❌")
@@ -437,16 +439,21 @@ async def test_log_messaging_boundary_60_then_61_announces_a_new_ticket(bot):
     sent = await bot.say(STAFF_ROOM, STAFF, f"!log {ticket.ref} 1")
     staff = new_messages(sent, STAFF_ROOM)
     crossed = fr(
-        bot, iv._CROSSED_STAFF, ref=t.ref, tickets=iv._tickets(2), total="1h01", duration="1 min"
+        bot,
+        billing._CROSSED_STAFF,
+        ref=t.ref,
+        tickets=billing._tickets(2),
+        total="1h01",
+        duration="1 min",
     )
     assert crossed in staff
     assert new_messages(sent, DM) == [
         fr(
             bot,
-            iv._CROSSED_CLIENT,
+            billing._CROSSED_CLIENT,
             ref=t.ref,
-            tickets=iv._tickets(2),
-            rule=Msg(iv._RULE_HOUR),
+            tickets=billing._tickets(2),
+            rule=Msg(billing._RULE_HOUR),
         )
     ]
     assert (await reload(ticket)).minutes_logged == 61
@@ -460,10 +467,10 @@ async def test_log_call_boundary_45_then_46(bot):
     assert new_messages(sent, DM) == [
         fr(
             bot,
-            iv._CROSSED_CLIENT,
+            billing._CROSSED_CLIENT,
             ref=ticket.ref,
-            tickets=iv._tickets(2),
-            rule=Msg(iv._RULE_CALL),
+            tickets=billing._tickets(2),
+            rule=Msg(billing._RULE_CALL),
         )
     ]
     assert len(new_messages(sent, STAFF_ROOM)) == 2  # the log, and the new-ticket warning
@@ -518,7 +525,7 @@ async def test_resolve_then_accept_closes_with_a_week_of_warranty(bot):
     sent = await bot.say(STAFF_ROOM, STAFF, f"!resolve {ticket.ref}")
     t = await reload(ticket)
     assert t.status == Status.RESOLVED and t.resolved_at == bot.clock()
-    assert new_messages(sent, DM) == [fr(bot, iv._RESOLVED_CLIENT, ref=t.ref)]
+    assert new_messages(sent, DM) == [fr(bot, closing._RESOLVED_CLIENT, ref=t.ref)]
 
     bot.clock.advance(timedelta(hours=3))
     sent = await bot.say(DM, ALICE, "!accepter")  # the only resolved ticket: no ref needed
@@ -527,7 +534,7 @@ async def test_resolve_then_accept_closes_with_a_week_of_warranty(bot):
     assert t.accepted_at == bot.clock()
     assert t.warranty_until == bot.clock() + timedelta(days=7)
     assert new_messages(sent, DM) == [
-        fr(bot, iv._ACCEPTED_CLIENT, ref=t.ref, warranty_until=t.warranty_until)
+        fr(bot, closing._ACCEPTED_CLIENT, ref=t.ref, warranty_until=t.warranty_until)
     ]
     assert any(t.ref in body for body in new_messages(sent, STAFF_ROOM))
     assert card_edits(sent, ticket)
@@ -554,8 +561,8 @@ async def test_not_solved_puts_the_ticket_back_in_progress(bot):
     await bot.say(STAFF_ROOM, STAFF, f"!resolve {ticket.ref}")
     sent = await bot.say(DM, ALICE, f"!pasresolu {ticket.ref}")
     assert (await reload(ticket)).status == Status.IN_PROGRESS
-    assert new_messages(sent, STAFF_ROOM) == [fr(bot, iv._NOT_SOLVED_STAFF, ref=ticket.ref)]
-    assert new_messages(sent, DM) == [fr(bot, iv._NOT_SOLVED_CLIENT, ref=ticket.ref)]
+    assert new_messages(sent, STAFF_ROOM) == [fr(bot, closing._NOT_SOLVED_STAFF, ref=ticket.ref)]
+    assert new_messages(sent, DM) == [fr(bot, closing._NOT_SOLVED_CLIENT, ref=ticket.ref)]
 
 
 async def test_reopen_inside_the_warranty_keeps_the_ticket_and_the_bill(bot):
@@ -568,8 +575,8 @@ async def test_reopen_inside_the_warranty_keeps_the_ticket_and_the_bill(bot):
     sent = await bot.say(DM, ALICE, f"!rouvrir {ticket.ref}")
     t = await reload(ticket)
     assert t.status == Status.IN_PROGRESS and t.ref == ticket.ref
-    assert new_messages(sent, DM) == [fr(bot, iv._REOPENED_CLIENT, ref=t.ref)]
-    assert new_messages(sent, STAFF_ROOM) == [fr(bot, iv._REOPENED_STAFF, ref=t.ref)]
+    assert new_messages(sent, DM) == [fr(bot, closing._REOPENED_CLIENT, ref=t.ref)]
+    assert new_messages(sent, STAFF_ROOM) == [fr(bot, closing._REOPENED_STAFF, ref=t.ref)]
     assert await Ticket.all().count() == 1  # no new ticket
 
     # Warranty rework is logged but not billed.
@@ -582,10 +589,10 @@ async def test_reopen_inside_the_warranty_keeps_the_ticket_and_the_bill(bot):
     t = await reload(ticket)
     assert t.status == Status.CLOSED and t.closed_reason == "LimeSurvey update"
     assert new_messages(sent, DM) == [
-        fr(bot, iv._WARRANTY_REFUSED_CLIENT, ref=t.ref, reason="LimeSurvey update")
+        fr(bot, closing._WARRANTY_REFUSED_CLIENT, ref=t.ref, reason="LimeSurvey update")
     ]
     sent = await bot.say(STAFF_ROOM, STAFF, f"!refuse-warranty {ticket.ref}")
-    assert fr(bot, iv._NEED_REASON, example=f"!refuse-warranty {t.ref} …") == sent[0].body
+    assert fr(bot, closing._NEED_REASON, example=f"!refuse-warranty {t.ref} …") == sent[0].body
 
 
 async def test_reopen_after_the_warranty_is_refused_and_a_new_ticket_proposed(bot):
@@ -595,7 +602,7 @@ async def test_reopen_after_the_warranty_is_refused_and_a_new_ticket_proposed(bo
     bot.clock.advance(timedelta(days=7, minutes=1))
     sent = await bot.say(DM, ALICE, f"!reopen {ticket.ref}")
     reason = Msg(lifecycle._WARRANTY_OVER, {"warranty_until": until})
-    assert [s.body for s in sent] == [fr(bot, iv._REOPEN_TOO_LATE, reason=reason)]
+    assert [s.body for s in sent] == [fr(bot, closing._REOPEN_TOO_LATE, reason=reason)]
     assert (await reload(ticket)).status == Status.CLOSED
     assert await Ticket.all().count() == 1
 
@@ -617,10 +624,10 @@ async def test_unsolvable_messaging_is_cancelled_and_becomes_a_quote_request(bot
     assert new_messages(sent, DM) == [
         fr(
             bot,
-            iv._UNSOLVABLE_CANCELLED_CLIENT,
+            closing._UNSOLVABLE_CANCELLED_CLIENT,
             ref=t.ref,
             quote=quote.ref,
-            tickets=iv._tickets(0),
+            tickets=closing._tickets(0),
         )
     ]
 
@@ -637,14 +644,14 @@ async def test_unsolvable_intervention_keeps_the_logged_tickets_billed(bot):
     assert new_messages(sent, DM) == [
         fr(
             bot,
-            iv._UNSOLVABLE_BILLED_CLIENT,
+            closing._UNSOLVABLE_BILLED_CLIENT,
             ref=t.ref,
             quote="QR-2026-0001",
-            tickets=iv._tickets(2),
+            tickets=closing._tickets(2),
         )
     ]
     sent = await bot.say(STAFF_ROOM, STAFF, f"!unsolvable {ticket.ref}")
-    assert sent[0].body == fr(bot, iv._NEED_REASON, example=f"!unsolvable {t.ref} …")
+    assert sent[0].body == fr(bot, closing._NEED_REASON, example=f"!unsolvable {t.ref} …")
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -682,15 +689,15 @@ async def test_report_prints_the_month_per_client(bot):
     # tickets, billed, messaging, video, phone, intervention, questions, quotes
     assert cells[ALICE] == ["2", "4", "1h01", "46 min", "0", "0", "1", "0"]
     assert cells[BOB] == ["1", "2", "0", "0", "0", "2h", "0", "1"]
-    assert cells[fr(bot, iv._TOTAL)] == ["3", "6", "1h01", "46 min", "0", "2h", "1", "1"]
+    assert cells[fr(bot, billing._TOTAL)] == ["3", "6", "1h01", "46 min", "0", "2h", "1", "1"]
     assert "<table>" in (report.html or "")
 
     sent = await bot.say(STAFF_ROOM, STAFF, "!rapport 2026-02")
-    assert sent[0].body == fr(bot, iv._REPORT_EMPTY, month="2026-02")
+    assert sent[0].body == fr(bot, billing._REPORT_EMPTY, month="2026-02")
     sent = await bot.say(STAFF_ROOM, STAFF, "!report novembre")
-    assert sent[0].body == fr(bot, iv._REPORT_BAD_MONTH, example="2026-11")
+    assert sent[0].body == fr(bot, billing._REPORT_BAD_MONTH, example="2026-11")
     # Reports hold every client's figures: never outside the staff room.
     sent = await bot.say(DM, STAFF, "!report 2026-11")
-    assert sent[0].body == fr(bot, iv._REPORT_STAFF_ROOM_ONLY)
+    assert sent[0].body == fr(bot, billing._REPORT_STAFF_ROOM_ONLY)
     sent = await bot.say(DM, ALICE, "!report 2026-11")
     assert ALICE not in sent[0].body and "2026-11" not in sent[0].body

@@ -28,7 +28,7 @@ LINK = re.compile(r"https?://\S+/confirm/[A-Za-z0-9_-]+")
 async def test_estimate_mail_chromium_click_then_card_and_staff_confirmation(db_url, smtp):
     from playwright.async_api import async_playwright
 
-    from handlers import interventions
+    from handlers import consent
 
     inbox, smtp_port = smtp
     web_port = free_port()
@@ -42,9 +42,7 @@ async def test_estimate_mail_chromium_click_then_card_and_staff_confirmation(db_
             config=config,
             catalogs=bot.catalogs,
             registry=bot.services.metrics.registry,
-            on_confirmed=lambda ticket_id: interventions.on_client_confirmed(
-                bot.services, ticket_id
-            ),
+            on_confirmed=lambda ticket_id: consent.on_client_confirmed(bot.services, ticket_id),
             clock=bot.clock,
         )
         runner = await start_web(app, config.web.listen)

@@ -36,17 +36,17 @@ from bot.consent import (
     consent_mail,
     consent_status,
     issue_confirmation,
-    request_consent,
 )
 from bot.i18n import LOCALES_DIR, Catalogs
 from bot.mail import Mailer, MailError, build_message
 from bot.storage.db import close_db, open_db
 from bot.storage.models import AuditEntry, Client, ConfirmationToken, Ticket
+from bot.testing.consent import request_consent
 from bot.testing.net import free_port
 from bot.testing.smtp import Inbox
+from bot.tokens import check_csrf, csrf_token, new_token, token_hash
 from bot.web import pages
 from bot.web.app import SECURITY_HEADERS, build_web_app, start_web, stop_web
-from bot.web.tokens import check_csrf, csrf_token, new_token, token_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOT = ROOT / "docs" / "confirmation-page.png"

@@ -20,8 +20,8 @@ from bot.config import Config, MatrixConfig, WebConfig
 from bot.i18n import Catalogs
 from bot.storage.db import close_db, open_db
 from bot.storage.models import Booking, Client, StaffFeed, Ticket, UserPref
+from bot.tokens import new_token, token_hash
 from bot.web.app import build_web_app, feed_link, issue_staff_feed_token, start_web, stop_web
-from bot.web.tokens import new_token, token_hash
 
 SECRET = "test-secret-0123456789abcdef"
 NOW = datetime(2026, 3, 10, 9, 0, tzinfo=UTC)
