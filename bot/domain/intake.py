@@ -8,6 +8,10 @@ applies `remind` / `expire`. Nothing here reads a clock, a database or Matrix. T
 in `intake.md` beside this file; what an answer means (a category, "yes", a URL, an e-mail
 address) is read by `bot.domain.intake_answers`.
 
+At about 650 lines this module is over the project's ~600: it is one concern (the steps, their
+questions and the summary they show all read the same `Intake` value), and moving the wording
+out would need the values in a third module for nothing but the count.
+
 Decisions (the "why" behind the rules below)
 --------------------------------------------
 * **Describing the problem.** Every non-empty message at the description step is kept as one

@@ -8,8 +8,12 @@ server answers (XML, `returncode`, `messageKey`, `message`). Checks, in the serv
   way current servers do (Apache `URLEncodedUtils`); both must match, with an algorithm chosen
   by the checksum's length among `algorithms`. A mismatch is `checksumError`;
 * `create`: `missingParamMeetingID`, then `validationError` for ids outside 2–256 chars or
-  with `,`, and for a missing name or one outside 2–256 chars; a second `create` of the same id
-  is `SUCCESS` with `duplicateWarning`;
+  with `,`, and for a missing name or one outside 2–256 chars. A second `create` of the same id
+  answers the existing meeting (its `createTime`, `internalMeetingID`, passwords) with
+  `SUCCESS` and `duplicateWarning` when it gives both passwords of that meeting or none of
+  them, else `FAILED` `idNotUnique`. `legacy_duplicates=True` plays a server from before
+  BigBlueButton's pull request 17937 (2023; 2.5, for one), where only matching passwords
+  count, so a repeated `create` without passwords is `idNotUnique` too;
 * `join`: `missingParamFullName`, `missingParamMeetingID`, `notFound` for an unknown meeting,
   `invalidPassword` without a valid `role` or password, `mismatchCreateTimeParam`; success
   redirects (302) to the client, or answers XML with `redirect=false`.
@@ -109,6 +113,7 @@ class FakeBigBlueButton:
 
     secret: str
     algorithms: tuple[str, ...] = ALL_ALGORITHMS
+    legacy_duplicates: bool = False
     accepted: list[FakeRequest] = field(default_factory=list)
     refused: list[FakeRequest] = field(default_factory=list)
     meetings: dict[str, FakeMeeting] = field(default_factory=dict)
@@ -257,6 +262,16 @@ class FakeBigBlueButton:
             )
             self.meetings[meeting_id] = existing
         else:
+            attendee_pw, moderator_pw = values.get("attendeePW"), values.get("moderatorPW")
+            same = attendee_pw == existing.attendee_pw and moderator_pw == existing.moderator_pw
+            # ApiController: the passwords match, or (since #17937) neither is given.
+            if not same and (self.legacy_duplicates or attendee_pw or moderator_pw):
+                return self._failed(
+                    record("idNotUnique"),
+                    "idNotUnique",
+                    "A meeting already exists with that meeting ID.  Please use a different"
+                    " meeting ID.",
+                )
             existing.create_calls += 1
             key = "duplicateWarning"
             message = "This conference was already in existence and may currently be in progress."
@@ -272,7 +287,12 @@ class FakeBigBlueButton:
                 ("createTime", str(existing.create_time)),
                 ("voiceBridge", "70757"),
                 ("dialNumber", "613-555-1234"),
-                ("createDate", time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime())),
+                (
+                    "createDate",
+                    time.strftime(
+                        "%a %b %d %H:%M:%S UTC %Y", time.gmtime(existing.create_time / 1000)
+                    ),
+                ),
                 ("hasUserJoined", "false"),
                 ("duration", "0"),
                 ("hasBeenForciblyEnded", "false"),

@@ -1,18 +1,25 @@
 """A Nextcloud (Talk) stand-in that checks requests the way the real server does.
 
-Served: `POST /ocs/v2.php/apps/spreed/api/v4/room` (create a conversation) and
+Served: `POST /ocs/v2.php/apps/spreed/api/v4/room` (create a conversation),
+`GET /ocs/v2.php/apps/spreed/api/v4/room` (the conversations of the logged-in user) and
 `GET /call/{token}` (the page a link opens). Checks, in the server's order:
 
 * basic auth with the configured user and app password, else `401` and the OCS failure
   "Current user is not logged in" (login happens before anything else);
 * `OCS-APIRequest: true`, else `412 Precondition Failed` `{"message":"CSRF check failed"}`
-  (basic auth does not exempt OCS calls from it);
-* `roomType` among 1–3 (else 400, `data.error = "type"`), a `roomName` of 1–255 characters for
-  group and public conversations (else 400, `data.error = "name"`); JSON or form bodies.
+  (basic auth does not exempt OCS calls from it); these two for both OCS calls;
+* creating: `roomType` among 1–3 (else 400, `data.error = "type"`), a `roomName` of 1–255
+  characters for group and public conversations (else 400, `data.error = "name"`); JSON or
+  form bodies.
 
-Success is `201 Created` with the room in `ocs.data` — JSON when the request accepts
-`application/json`, XML otherwise, as OCS does. Accepted requests are kept in `accepted`,
-refused ones in `refused`, conversations in `rooms` (by token).
+Success is `201 Created` with the room in `ocs.data`; the listing is `200 OK` with a list of
+rooms in `ocs.data`: those the logged-in user takes part in, in creation order, whatever the
+query (`noStatusUpdate`, `includeLastMessage`… change nothing here). JSON when the request
+accepts `application/json`, XML otherwise, as OCS does (list items as `<element>`). Accepted
+requests are kept in `accepted` (a listing's `body` is its query), refused ones in `refused`,
+conversations in `rooms` (by token). As in Talk's answers, a room's `actorId` and
+`participantType` are its participant's (one per room here): the creator, as owner (1), for
+rooms created through the API; tests may add others to `rooms`.
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ class FakeNextcloud:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post(ROOM_PATH, self._create_room)
+        app.router.add_get(ROOM_PATH, self._list_rooms)
         app.router.add_get("/call/{token}", self._call_page)
         return app
 
@@ -114,6 +122,8 @@ class FakeNextcloud:
     def _xml_value(value: Any) -> str:
         if isinstance(value, dict):
             return "".join(f"<{k}>{FakeNextcloud._xml_value(v)}</{k}>" for k, v in value.items())
+        if isinstance(value, list):
+            return "".join(f"<element>{FakeNextcloud._xml_value(v)}</element>" for v in value)
         if isinstance(value, bool):
             return "1" if value else ""
         return escape("" if value is None else str(value))
@@ -127,7 +137,7 @@ class FakeNextcloud:
             '<?xml version="1.0"?>\n<ocs><meta>'
             + self._xml_value(meta)
             + "</meta><data>"
-            + self._xml_value(data if isinstance(data, dict) else {})
+            + self._xml_value(data if isinstance(data, dict | list) else {})
             + "</data></ocs>"
         )
         return web.Response(text=xml, status=status, content_type="application/xml")
@@ -157,9 +167,8 @@ class FakeNextcloud:
         form = await request.post()
         return {k: v for k, v in form.items() if isinstance(v, str)}
 
-    # -- endpoints ----------------------------------------------------------------------
-
-    async def _create_room(self, request: web.Request) -> web.Response:
+    def _ocs_user(self, request: web.Request) -> str | web.Response:
+        """The logged-in user, or the answer refusing the request (login first, then CSRF)."""
         user = self._login(request)
         if user is None:
             self._note(request, 401, None, None)
@@ -167,6 +176,22 @@ class FakeNextcloud:
         if request.headers.get("OCS-APIRequest") != "true":
             self._note(request, 412, user, None)
             return web.json_response({"message": "CSRF check failed"}, status=412)
+        return user
+
+    # -- endpoints ----------------------------------------------------------------------
+
+    async def _list_rooms(self, request: web.Request) -> web.Response:
+        user = self._ocs_user(request)
+        if isinstance(user, web.Response):
+            return user
+        rooms = [room for room in self.rooms.values() if room["actorId"] == user]
+        self._note(request, 200, user, dict(request.query))
+        return self._ocs(request, 200, "OK", rooms)
+
+    async def _create_room(self, request: web.Request) -> web.Response:
+        user = self._ocs_user(request)
+        if isinstance(user, web.Response):
+            return user
         body = await self._body(request)
         if body is None:
             self._note(request, 400, user, None)

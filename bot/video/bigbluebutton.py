@@ -18,8 +18,16 @@ and staff names appear only in their own join links, which are bearer credential
 
 Lifetime: a server forgets a meeting nobody joined within `meetingExpireIfNoUserJoinedInMinutes`
 (5 by default) and every meeting on restart, so `create` asks to keep it until the end of the
-slot, and `prepare()` creates it again shortly before the call (`create` is idempotent; join
-links carry no `createTime`, so they stay valid across re-creations).
+slot, and `prepare()` creates it again shortly before the call (join links carry no
+`createTime`, so they stay valid across re-creations).
+
+Re-use: the meeting id comes from the booking id alone (`meeting_id_for`), so asking again for
+the same booking (a replay after a crash, `prepare()`) asks for the same meeting. A repeated
+`create` of an existing, not ended meeting answers it (`SUCCESS`, `duplicateWarning`) when it
+carries that meeting's passwords or, on current servers, none; older ones (before pull request
+17937, 2023; 2.5, for one) answer `idNotUnique` to a repeated `create` without passwords. We
+never send passwords (joins say `role`), and a meeting under our id can only be this booking's,
+so both answers mean "already there": the same meeting, the same links.
 """
 
 from __future__ import annotations
@@ -194,6 +202,19 @@ class BigBlueButtonProvider:
             raise VideoError("invalidResponse", f"oversized answer to {call}")
         return parse_response(body)
 
+    async def create(self, params: Params) -> Mapping[str, str]:
+        """`create`; an existing meeting of that id is success (see "Re-use" above).
+
+        An `idNotUnique` answer carries nothing of the meeting: it comes back as
+        `{"messageKey": "idNotUnique"}`.
+        """
+        try:
+            return await self.call("create", params)
+        except VideoError as error:
+            if error.key != "idNotUnique":
+                raise
+            return MappingProxyType({"messageKey": "idNotUnique"})
+
     def _create_params(
         self, *, meeting_id: str, name: str, booking_id: str, start: datetime, minutes: int
     ) -> list[tuple[str, str]]:
@@ -234,8 +255,7 @@ class BigBlueButtonProvider:
         if len(name) < NAME_MIN:
             name = "Support"
         meeting_id = meeting_id_for(booking_id)
-        created = await self.call(
-            "create",
+        created = await self.create(
             self._create_params(
                 meeting_id=meeting_id,
                 name=name,
@@ -253,7 +273,7 @@ class BigBlueButtonProvider:
             "minutes": minutes,
             "internal_meeting_id": created.get("internalMeetingID", ""),
             "create_time": created.get("createTime", ""),
-            "duplicate": created.get("messageKey") == "duplicateWarning",
+            "duplicate": created.get("messageKey") in ("duplicateWarning", "idNotUnique"),
         }
         return Meeting(
             provider=self.name,
@@ -264,13 +284,12 @@ class BigBlueButtonProvider:
         )
 
     async def prepare(self, meeting: Meeting) -> None:
-        """`create` again (idempotent): the meeting exists when people click their links."""
+        """`create` again (re-used if still there): the meeting exists when people click."""
         extra = meeting.extra
         start = self._now()
         if extra.get("start"):
             start = datetime.fromisoformat(str(extra["start"]))
-        await self.call(
-            "create",
+        await self.create(
             self._create_params(
                 meeting_id=meeting.meeting_id,
                 name=str(extra.get("name") or "Support"),

@@ -1,6 +1,8 @@
 """Jitsi Meet: an unguessable room per booking, and a signed token per participant.
 
-Jitsi creates rooms when the first person joins, so nothing is called over the network. The
+Jitsi creates rooms when the first person joins, so nothing is called over the network, and
+asking twice for one booking (a replay after a crash) leaves nothing behind on a server: the
+room drawn by a first try whose database change was rolled back was never told to anyone. The
 web client lower-cases room names and strips characters such as `: ? # [ ] @ ! $ & ' ( ) * +
 , ; = > < / "`, so names use only `[a-z0-9-]`: a fixed prefix and 160 random bits in
 lower-case base32.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -17,13 +18,15 @@ from bot.testing.fake_bbb import FakeBigBlueButton
 from bot.testing.fake_nextcloud import FakeNextcloud
 from bot.video import (
     BigBlueButtonProvider,
+    JitsiProvider,
     Meeting,
     NextcloudTalkProvider,
     VideoError,
     build_provider,
+    nextcloud_talk,
 )
 from bot.video.bigbluebutton import build_url, clean_text
-from bot.video.nextcloud_talk import basic_auth
+from bot.video.nextcloud_talk import ROOM_NAME_MAX, basic_auth, room_name
 
 SECRET = "8cd8ef52e8e101574e400365b55e11a6"
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -328,11 +331,17 @@ async def test_talk_creates_a_public_conversation(
     assert meeting.client_url == meeting.staff_url == f"{nextcloud.base_url}/call/{token}"
     room = nextcloud.rooms[token]
     assert room["type"] == 3
-    assert room["name"] == "Support (SP-2026-0042) / é"
-    (request,) = nextcloud.accepted
+    assert room["name"] == "Support (SP-2026-0042) / é [SP-2026-0042]"
+    assert meeting.extra["reused"] is False
+    listing, request = nextcloud.accepted
+    assert (listing.method, listing.status, listing.user) == ("GET", 200, "support-bot")
+    assert listing.body == {"noStatusUpdate": "1", "includeLastMessage": "0"}
+    assert request.method == "POST"
     assert request.status == 201 and request.user == "support-bot"
-    assert request.header("OCS-APIRequest") == "true"
-    assert request.body == {"roomType": 3, "roomName": "Support (SP-2026-0042) / é"}
+    for sent in (listing, request):
+        assert sent.header("OCS-APIRequest") == "true"
+        assert sent.header("Accept") == "application/json"
+    assert request.body == {"roomType": 3, "roomName": "Support (SP-2026-0042) / é [SP-2026-0042]"}
 
     async with session.get(meeting.client_url) as page:
         assert page.status == 200
@@ -384,6 +393,22 @@ async def test_talk_fake_checks_like_nextcloud(
     async with session.get(nextcloud.base_url + "/call/unknown1") as r:
         assert r.status == 404
 
+    # The listing: the same login and CSRF checks, in the same order.
+    async with session.get(url, headers=good | {"Accept": "application/json"}) as r:
+        assert r.status == 412
+        assert await r.json() == {"message": "CSRF check failed"}
+    async with session.get(url, headers=ocs | bad) as r:
+        assert r.status == 401
+        assert (await r.json())["ocs"]["meta"]["message"] == "Current user is not logged in"
+    async with session.get(url, headers=ocs | good) as r:
+        assert r.status == 200
+        (room,) = (await r.json())["ocs"]["data"]
+        assert (room["type"], room["name"], room["participantType"]) == (3, "Support", 1)
+    async with session.get(url, headers=good | {"OCS-APIRequest": "true"}) as r:
+        assert r.status == 200
+        assert r.content_type == "application/xml"
+        assert "<data><element><id>1</id>" in await r.text()
+
 
 async def test_talk_unreachable(session: aiohttp.ClientSession) -> None:
     fake = FakeNextcloud(user="u", app_password="p")
@@ -392,6 +417,148 @@ async def test_talk_unreachable(session: aiohttp.ClientSession) -> None:
     with pytest.raises(VideoError) as caught:
         await book(talk_provider(fake, session))
     assert caught.value.key == "unreachable"
+
+
+# --- the same booking, the same meeting (crash and replay) ----------------------------------
+
+BOOKING = "SP-2026-0042-20261201T0900Z"
+OTHER_BOOKING = "SP-2026-0042-20261202T1400Z"
+
+
+def jitsi_provider() -> JitsiProvider:
+    config = JitsiConfig(base_url="https://meet.example.org", app_id="bot", app_secret=SECRET)
+    return JitsiProvider(config, now=now)
+
+
+@pytest.mark.parametrize(
+    "which",
+    # Not Jitsi: it keeps nothing on a server (see bot/video/jitsi.py's docstring).
+    ["bigbluebutton", "nextcloud_talk"],
+)
+async def test_same_booking_gets_the_same_meeting_held_once(
+    which: str, bbb: FakeBigBlueButton, nextcloud: FakeNextcloud, session: aiohttp.ClientSession
+) -> None:
+    """The handler may run twice for one booking (before a crash, on the replay): the second
+    call must give back the first meeting and leave nothing more on the server."""
+    provider, held = {
+        "bigbluebutton": (bbb_provider(bbb, session), lambda: len(bbb.meetings)),
+        "nextcloud_talk": (talk_provider(nextcloud, session), lambda: len(nextcloud.rooms)),
+    }[which]
+    first = await book(provider, booking_id=BOOKING)
+    again = await book(provider, booking_id=BOOKING)
+    assert again.meeting_id == first.meeting_id
+    assert (again.client_url, again.staff_url) == (first.client_url, first.staff_url)
+    assert held() == 1
+
+    other = await book(provider, booking_id=OTHER_BOOKING)
+    assert other.meeting_id != first.meeting_id
+    assert other.client_url != first.client_url and other.staff_url != first.staff_url
+    assert held() == 2
+    assert bbb.refused == [] and nextcloud.refused == []
+
+
+async def test_talk_reuse_lists_then_creates_only_once(
+    nextcloud: FakeNextcloud, session: aiohttp.ClientSession
+) -> None:
+    provider = talk_provider(nextcloud, session)
+    first = await book(provider, booking_id=BOOKING)
+    again = await book(provider, booking_id=BOOKING)
+    assert (first.extra["reused"], again.extra["reused"]) == (False, True)
+    assert again.extra["name"] == "Support SP-2026-0042 [SP-2026-0042-20261201T0900Z]"
+    assert [r.method for r in nextcloud.accepted] == ["GET", "POST", "GET"]
+    async with session.get(again.client_url) as page:
+        assert page.status == 200
+
+
+async def test_talk_reuses_only_its_own_public_conversation_of_that_name(
+    nextcloud: FakeNextcloud, session: aiohttp.ClientSession
+) -> None:
+    name = room_name("Support SP-2026-0042", BOOKING)
+    base = {"name": name, "displayName": name, "actorType": "users", "actorId": nextcloud.user}
+    decoys = {
+        "group0001": base | {"id": 1, "type": 2, "participantType": 1},  # not public
+        "invited1": base | {"id": 2, "type": 3, "participantType": 3},  # someone else's
+        "renamed1": base | {"id": 3, "type": 3, "participantType": 1, "name": name + "x"},
+        "others01": base | {"id": 4, "type": 3, "participantType": 1, "actorId": "alice"},
+    }
+    for token, room in decoys.items():
+        nextcloud.rooms[token] = room | {"token": token}
+    provider = talk_provider(nextcloud, session)
+    meeting = await book(provider, booking_id=BOOKING)
+    assert meeting.meeting_id not in decoys and meeting.extra["reused"] is False
+    # Two of ours with that name (two calls raced): every later call settles on the oldest.
+    nextcloud.rooms["older001"] = nextcloud.rooms[meeting.meeting_id] | {
+        "id": 0,
+        "token": "older001",
+    }
+    assert (await book(provider, booking_id=BOOKING)).meeting_id == "older001"
+    assert (await book(provider, booking_id=BOOKING)).meeting_id == "older001"
+
+
+def test_talk_room_names_keep_the_whole_booking_key() -> None:
+    long_title = "Support " + "é" * 400
+    name = room_name(long_title, BOOKING)
+    assert len(name) == ROOM_NAME_MAX and name.endswith(f" [{BOOKING}]")
+    assert room_name(" Support \n SP-1 ", "SP-1-x") == "Support SP-1 [SP-1-x]"
+    assert room_name("", "SP-1-x") == "Support [SP-1-x]"
+    # Ids that are long or unusual become a digest: still one name per booking.
+    odd = {room_name("Support", b) for b in ("a b", "a  b", "a]b", "x" * 65, "x" * 66)}
+    assert len(odd) == 5 and all(len(n) == len("Support []") + 32 for n in odd)
+
+
+async def test_talk_oversized_listing_books_without_the_check(
+    nextcloud: FakeNextcloud,
+    session: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    provider = talk_provider(nextcloud, session)
+    await book(provider, booking_id=BOOKING)
+    monkeypatch.setattr(nextcloud_talk, "MAX_LIST_BYTES", 100)
+    with caplog.at_level(logging.WARNING, logger="bot.video.nextcloud_talk"):
+        meeting = await book(provider, booking_id=BOOKING)
+    assert meeting.extra["reused"] is False and len(nextcloud.rooms) == 2
+    assert "not checked" in caplog.text
+
+
+async def test_bbb_older_server_idnotunique_is_the_same_meeting(
+    session: aiohttp.ClientSession,
+) -> None:
+    """Before BigBlueButton's #17937 a repeated `create` without passwords is `idNotUnique`."""
+    async with FakeBigBlueButton(secret=SECRET, legacy_duplicates=True) as fake:
+        provider = bbb_provider(fake, session)
+        first = await book(provider, booking_id=BOOKING)
+        again = await book(provider, booking_id=BOOKING)
+        assert fake.refused[-1].answer_key == "idNotUnique"
+        assert again.meeting_id == first.meeting_id and len(fake.meetings) == 1
+        assert (again.client_url, again.staff_url) == (first.client_url, first.staff_url)
+        assert (first.extra["duplicate"], again.extra["duplicate"]) == (False, True)
+        await provider.prepare(again)  # the meeting is still there: idNotUnique again, fine
+        assert (await replay(session, again.client_url)).status == 302
+        fake.meetings.clear()  # restart: prepare() creates it afresh
+        await provider.prepare(again)
+        assert (await replay(session, again.staff_url)).status == 302
+        assert [j.role for j in fake.joins] == ["VIEWER", "MODERATOR"]
+
+
+async def test_bbb_fake_repeated_create_follows_the_passwords(
+    bbb: FakeBigBlueButton, session: aiohttp.ClientSession
+) -> None:
+    provider = bbb_provider(bbb, session)
+    params = [("name", "Known"), ("meetingID", "known")]
+    pw = [("attendeePW", "ap"), ("moderatorPW", "mp")]
+    created = await provider.call("create", params + pw)
+    again = await provider.call("create", params + pw)
+    assert again["messageKey"] == "duplicateWarning"
+    for field in ("createTime", "createDate", "internalMeetingID", "attendeePW"):
+        assert again[field] == created[field]
+    bare = await provider.call("create", params)  # no passwords: the same meeting (2.6+)
+    assert bare["messageKey"] == "duplicateWarning"
+    for other in ([("attendeePW", "ap"), ("moderatorPW", "other")], [("attendeePW", "ap")]):
+        with pytest.raises(VideoError) as caught:
+            await provider.call("create", params + other)
+        assert caught.value.key == "idNotUnique"
+    assert len(bbb.meetings) == 1 and bbb.meetings["known"].create_calls == 3
 
 
 # --- factory ---------------------------------------------------------------------------------
