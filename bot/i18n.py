@@ -3,8 +3,10 @@
 Pure code returns `Msg` values (an English msgid marked with `N_`, its parameters, and an
 optional plural form); the shell renders them with a `Translator` for the user's locale.
 
-Catalogs live in `locales/<lang>/LC_MESSAGES/messages.po` and are managed with
-`python scripts/i18n.py extract|update|compile|check`. At startup `Catalogs.load()` reads each
+Catalogs live in `locales/<lang>/LC_MESSAGES/messages.po` at the top of the repository and are
+managed with `python scripts/i18n.py extract|update|compile|check`; `locales` is installed as a
+package of its own, so they are read through `importlib.resources` from a checkout, an editable
+install or a wheel alike. At startup `Catalogs.load()` reads each
 supported `.po` and compiles it in memory, once per locale: a fresh clone works without a
 compile step, and a stale committed `.mo` can never shadow the `.po` (mtimes after a clone
 say nothing about which file is newer).
@@ -18,8 +20,9 @@ import string
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from io import BytesIO
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -69,7 +72,10 @@ SUPPORTED_LOCALES: tuple[str, ...] = ("fr", "en")
 DEFAULT_LOCALE = "fr"
 SOURCE_LOCALE = "en"
 DOMAIN = "messages"
-LOCALES_DIR = Path(__file__).resolve().parent.parent / "locales"
+# A path computed from this file only worked in a checkout: installed, `bot/` sits in
+# site-packages with no `locales/` beside it. The package `locales` is found wherever `bot` is.
+# (A real directory, a `Path`, unless the package were imported from a zip.)
+LOCALES_DIR: Traversable = files("locales")
 
 # Babel 2.18's CLDR data only has "{1}, {0}" as the full datetime pattern (CLDR's "atTime"
 # variant is not exposed), so the joining word comes from the catalog instead.
@@ -90,7 +96,7 @@ def normalize_locale(value: str | None) -> str | None:
     return language if language in SUPPORTED_LOCALES else None
 
 
-def po_path(locale: str, locales_dir: Path = LOCALES_DIR) -> Path:
+def po_path(locale: str, locales_dir: Traversable = LOCALES_DIR) -> Traversable:
     """Where the `.po` catalog of `locale` lives."""
     return locales_dir / locale / "LC_MESSAGES" / f"{DOMAIN}.po"
 
@@ -142,7 +148,7 @@ class Translator:
         self._translations = translations
 
     @classmethod
-    def from_po(cls, locale: str, path: Path) -> Translator:
+    def from_po(cls, locale: str, path: Traversable) -> Translator:
         """Read a `.po` file and compile it in memory."""
         with path.open("rb") as fileobj:
             catalog = read_po(fileobj, locale=locale, domain=DOMAIN)
@@ -150,7 +156,7 @@ class Translator:
         return cls(locale, translations)
 
     @classmethod
-    def load(cls, locale: str, locales_dir: Path = LOCALES_DIR) -> Translator:
+    def load(cls, locale: str, locales_dir: Traversable = LOCALES_DIR) -> Translator:
         """The translator of a supported locale from its catalog in `locales_dir`."""
         return cls.from_po(locale, po_path(locale, locales_dir))
 
@@ -259,7 +265,7 @@ class Catalogs:
     @classmethod
     def load(
         cls,
-        locales_dir: Path = LOCALES_DIR,
+        locales_dir: Traversable = LOCALES_DIR,
         default: str = DEFAULT_LOCALE,
         locales: Iterable[str] = SUPPORTED_LOCALES,
     ) -> Catalogs:

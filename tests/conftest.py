@@ -28,8 +28,8 @@ import pytest_asyncio
 if TYPE_CHECKING:
     from nio import AsyncClient
 
-    from bot.testing.smtp import Inbox
     from bot.testing.synapse import Synapse
+    from tests.smtp import Inbox
 
 POSTGRES_ENV = "SUPPORT_BOT_TEST_POSTGRES"
 NO_POSTGRES = f"{POSTGRES_ENV} not set: PostgreSQL tests skipped"
@@ -184,7 +184,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 def smtp() -> Iterator[tuple[Inbox, int]]:
     """A real SMTP server (aiosmtpd) on a free port: its inbox and the port."""
-    from bot.testing.smtp import smtp_server
+    from tests.smtp import smtp_server
 
     with smtp_server() as server:
         yield server

@@ -29,9 +29,9 @@ from bot.storage.models import Booking, Ticket
 from bot.testing.harness import BOT, STAFF, STAFF_ROOM, BotHarness, FakeClock, Sent
 from bot.testing.harness import test_config as make_config
 from bot.testing.net import free_port
-from bot.testing.smtp import Inbox
 from bot.video.jitsi import JitsiProvider
 from handlers import consent
+from tests.smtp import Inbox
 
 MONDAY_9H = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)  # 09:00 in Paris
 ALICE, BOB = "@alice:test", "@bob:test"

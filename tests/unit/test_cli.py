@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import tomllib
 from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as installed_version
 from pathlib import Path
 
 import pytest
 
+from bot import version as version_module
 from bot.cli import QUIET_LOGGERS, main
 
 SUBCOMMANDS = ("run", "demo", "check-config", "migrate", "tickets", "report", "client")
@@ -188,3 +192,62 @@ def test_unknown_log_level_is_refused(capsys: pytest.CaptureFixture[str]) -> Non
         main(["check-config", "--log-level", "chatty"])
     assert exit_.value.code == 2
     assert "--log-level" in capsys.readouterr().err
+
+
+# -- --version --------------------------------------------------------------------------------
+
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+
+
+def pyproject_version() -> str:
+    with PYPROJECT.open("rb") as file:
+        return tomllib.load(file)["project"]["version"]
+
+
+@pytest.fixture
+def fresh_version() -> Iterator[None]:
+    """`version()` is cached for the process; these tests change where it looks."""
+    version_module.version.cache_clear()
+    yield
+    version_module.version.cache_clear()
+
+
+def test_version_prints_the_installed_version_and_exits_0(
+    fresh_version: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    # The installed metadata is pyproject's: scripts/test reinstalls when pyproject changes.
+    assert installed_version("support-bot") == pyproject_version()
+    assert capsys.readouterr().out == f"support-bot {pyproject_version()}\n"
+
+
+def test_version_wins_over_the_other_options(
+    fresh_version: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--config", "/nonexistent/bot.toml", "--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith("support-bot ")
+
+
+def test_version_falls_back_to_pyproject_when_not_installed(
+    fresh_version: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def not_installed(name: str) -> str:
+        raise PackageNotFoundError(name)
+
+    monkeypatch.setattr(version_module, "installed_version", not_installed)
+    assert version_module.version() == pyproject_version()
+
+
+def test_version_is_unknown_without_metadata_or_pyproject(
+    fresh_version: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def not_installed(name: str) -> str:
+        raise PackageNotFoundError(name)
+
+    monkeypatch.setattr(version_module, "installed_version", not_installed)
+    monkeypatch.setattr(version_module, "PYPROJECT", tmp_path / "pyproject.toml")
+    assert version_module.version() == "unknown"

@@ -5,9 +5,6 @@ Chromium, then the ticket, the staff card and the client's room checked, and the
 from __future__ import annotations
 
 import re
-from pathlib import Path
-
-import pytest
 
 from bot.config import MailConfig
 from bot.mail import Mailer
@@ -16,18 +13,13 @@ from bot.testing.harness import STAFF, STAFF_ROOM, BotHarness, test_config
 from bot.testing.net import free_port
 from bot.web.app import build_web_app, start_web, stop_web
 from tests.flows.test_interventions_flow import DM, make_ticket
-from tests.web.test_consent_page import CHROMIUM, CHROMIUM_ARGS
-
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (see .ci/run)"
-)
 
 LINK = re.compile(r"https?://\S+/confirm/[A-Za-z0-9_-]+")
 
 
-async def test_estimate_mail_chromium_click_then_card_and_staff_confirmation(db_url, smtp):
-    from playwright.async_api import async_playwright
-
+async def test_estimate_mail_chromium_click_then_card_and_staff_confirmation(
+    db_url, smtp, browser
+):
     from handlers import consent
 
     inbox, smtp_port = smtp
@@ -65,22 +57,15 @@ async def test_estimate_mail_chromium_click_then_card_and_staff_confirmation(db_
             text = message.get_body(("plain",)).get_content()
             (link,) = LINK.findall(text)
 
-            async with async_playwright() as playwright:
-                browser = await playwright.chromium.launch(
-                    executable_path=CHROMIUM, args=CHROMIUM_ARGS
-                )
-                try:
-                    page = await browser.new_page()
-                    await page.goto(link)
-                    body = await page.inner_text("body")
-                    assert ticket.ref in body and "3 tickets" in body
-                    # Opening the link changed nothing (mail scanners open links).
-                    assert (await Ticket.get(id=ticket.id)).client_confirmed_at is None
-                    await page.click("button")
-                    await page.wait_for_load_state()
-                    assert ticket.ref in await page.inner_text("body")
-                finally:
-                    await browser.close()
+            page = await browser.new_page()
+            await page.goto(link)
+            body = await page.inner_text("body")
+            assert ticket.ref in body and "3 tickets" in body
+            # Opening the link changed nothing (mail scanners open links).
+            assert (await Ticket.get(id=ticket.id)).client_confirmed_at is None
+            await page.click("button")
+            await page.wait_for_load_state()
+            assert ticket.ref in await page.inner_text("body")
 
             await bot.deliverer.deliver_pending()
             confirmed = await Ticket.get(id=ticket.id)
