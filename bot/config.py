@@ -1,19 +1,30 @@
-"""Configuration: `bot.toml` → frozen dataclasses.
+"""Configuration: `bot.toml` and `SUPPORT_BOT_*` variables → frozen dataclasses.
 
 `parse_config(raw, env)` is pure: it takes the decoded TOML mapping and an environment mapping
-(for `SUPPORT_BOT_<SECTION>_<KEY>` secrets) and returns a `Config`, or raises `ConfigError`
-listing *every* problem with its key path. Nothing here reads files or the process environment
-except `load_config`, the thin wrapper the CLI uses.
+and returns a `Config`, or raises `ConfigError` listing *every* problem with its key path.
+Nothing here reads files or the process environment except `read_config_file` and
+`load_config`, the thin wrappers the CLI uses.
+
+Environment. Every scalar key can be given as `SUPPORT_BOT_<SECTION>_<KEY>` (nested sections
+joined with `_`: `SUPPORT_BOT_VIDEO_JITSI_BASE_URL`), which wins over the file; an empty
+variable counts as unset. The text is converted to the key's type: integers and numbers as
+written, booleans as true/false, yes/no, on/off or 1/0, times as "HH:MM", arrays of strings or
+integers comma-separated (`SUPPORT_BOT_MATRIX_STAFF="@a:x.org,@b:x.org"`; no item of those
+arrays can contain a comma), and the `[logging.levels]` table as `logger=LEVEL` pairs
+(`SUPPORT_BOT_LOGGING_LEVELS="nio=INFO,bot.matrix=DEBUG"`). Arrays of tables
+(`[[availability]]`, `[[bridges]]`) come from the file only. With no file at all the
+environment alone can configure the bot (`parse_config_file(None, env, where)`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
 import types
 import zoneinfo
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from datetime import time
 from difflib import get_close_matches
@@ -21,10 +32,21 @@ from email.utils import parseaddr
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 VideoProvider = Literal["jitsi", "bigbluebutton", "nextcloud_talk"]
 ConfirmationMode = Literal["email", "chat"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+LogFormat = Literal["text", "json"]
+
+# `field(metadata=SECRET)` marks a value that check-config shows as "set", never as written.
+SECRET: Mapping[str, bool] = types.MappingProxyType({"secret": True})
+# Loggers that speak about traffic (requests, access lines, ORM start/stop), not about the bot:
+# by default only their warnings are shown (`[logging.levels]`).
+QUIET_LOGGERS = ("nio", "aiohttp.access", "aiohttp.client", "aiohttp.server", "tortoise")
+DEFAULT_LOG_LEVELS: tuple[tuple[str, LogLevel], ...] = tuple(
+    (name, "WARNING") for name in QUIET_LOGGERS
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,12 +54,12 @@ class MatrixConfig:
     homeserver: str
     user_id: str
     staff_room: str  # room id (!…) or alias (#…)
-    password: str | None = None
-    access_token: str | None = None
+    password: str | None = field(default=None, metadata=SECRET)
+    access_token: str | None = field(default=None, metadata=SECRET)
     device_name: str = "support-bot"
     store_path: str = "store"
     # Secret used to encrypt the E2EE key store; never the library's constant default.
-    pickle_key: str | None = None
+    pickle_key: str | None = field(default=None, metadata=SECRET)
     staff: tuple[str, ...] = ()
     support_rooms: tuple[str, ...] = ()
     # Homeservers whose users may invite the bot (besides staff). Empty = the bot's own server.
@@ -55,6 +77,9 @@ class DatabaseConfig:
 class ServiceConfig:
     timezone: str = "Europe/Paris"
     country: str = "FR"
+    # A region of `country` with holidays of its own, as the `holidays` package names it
+    # ("57" is Moselle, whose Good Friday and 26 December are holidays). None: the country's.
+    subdivision: str | None = None
     default_locale: str = "fr"
     ticket_prefix: str = "SP"
     question_prefix: str = "Q"
@@ -82,7 +107,22 @@ class ServiceConfig:
 class WebConfig:
     listen: str = "127.0.0.1:8080"
     public_url: str = "http://127.0.0.1:8080"
-    secret: str = ""  # signs confirmation links and feed tokens
+    secret: str = field(default="", metadata=SECRET)  # signs confirmation links, feed tokens
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    # Where Prometheus scrapes the bot: kept apart from [web], which faces the public.
+    listen: str = "127.0.0.1:9464"
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: LogLevel = "INFO"
+    # Logger name → level, added to (and overriding) the defaults that quiet traffic loggers.
+    # A tuple of pairs rather than a dict: the config stays immutable and hashable.
+    levels: tuple[tuple[str, LogLevel], ...] = DEFAULT_LOG_LEVELS
+    format: LogFormat = "text"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +131,7 @@ class MailConfig:
     port: int = 25
     starttls: bool = False
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, metadata=SECRET)
     from_: str = "support@localhost"  # TOML key: `from`
 
 
@@ -99,14 +139,14 @@ class MailConfig:
 class JitsiConfig:
     base_url: str = "https://meet.example.org"
     app_id: str | None = None
-    app_secret: str | None = None
+    app_secret: str | None = field(default=None, metadata=SECRET)
     token_minutes: int = 240
 
 
 @dataclass(frozen=True, slots=True)
 class BigBlueButtonConfig:
     url: str = ""  # e.g. https://bbb.example.org/bigbluebutton/api
-    secret: str = ""
+    secret: str = field(default="", metadata=SECRET)
     checksum: Literal["sha1", "sha256", "sha384", "sha512"] = "sha256"
 
 
@@ -114,7 +154,7 @@ class BigBlueButtonConfig:
 class NextcloudTalkConfig:
     url: str = ""  # e.g. https://cloud.example.org
     user: str = ""
-    app_password: str = ""
+    app_password: str = field(default="", metadata=SECRET)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +189,8 @@ class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     mail: MailConfig = field(default_factory=MailConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
     availability: tuple[Availability, ...] = ()
@@ -169,6 +211,9 @@ class ConfigError(Exception):
 # involve several keys. Problems are collected, never raised one by one.
 
 ENV_PREFIX = "SUPPORT_BOT_"
+# Names the config file when `--config` is not given.
+CONFIG_ENV = "SUPPORT_BOT_CONFIG"
+DEFAULT_CONFIG_PATH = "bot.toml"
 # Secrets in bot.toml.example start with this; such a value is never a real secret.
 PLACEHOLDER_PREFIX = "CHANGE-ME"
 # Non-secret values of bot.toml.example that would silently break a running service.
@@ -247,24 +292,59 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -
     return _build(Config, values)
 
 
-def load_config(path: str | Path, env: Mapping[str, str] = os.environ) -> Config:
-    """Read a TOML file and parse it; file and syntax errors are `ConfigError`s too."""
+def config_path(given: str | None, env: Mapping[str, str]) -> str:
+    """The config file to read: `--config` (`given`) wins, then `SUPPORT_BOT_CONFIG`, then
+    `bot.toml` in the working directory. An empty variable counts as unset."""
+    return given or env.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH
+
+
+def read_config_file(path: str | Path) -> dict[str, Any] | None:
+    """The decoded TOML of `path`, or None when there is no such file (the environment may
+    then give every setting); unreadable files and syntax errors are `ConfigError`s."""
     where = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(
-            [(where, "file not found (start from a copy of bot.toml.example)")]
-        ) from None
+        return None
     except UnicodeDecodeError:
         raise ConfigError([(where, "not UTF-8 text")]) from None
     except OSError as exc:
         raise ConfigError([(where, f"cannot read the file: {exc.strerror or exc}")]) from None
     try:
-        raw = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([(where, _syntax_message(str(exc)))]) from None
-    return parse_config(raw, env)
+
+
+def parse_config_file(raw: Mapping[str, Any] | None, env: Mapping[str, str], where: str) -> Config:
+    """`parse_config` for what `read_config_file(where)` gave: None (no file) is an empty file
+    when some `SUPPORT_BOT_<SECTION>_<KEY>` variable is set, and then every missing required
+    setting is named with its variable. Pure, like `parse_config`."""
+    if raw is not None:
+        return parse_config(raw, env)
+    if not any(env.get(name) for name in _setting_env_names()):
+        raise ConfigError(
+            [
+                (
+                    where,
+                    "file not found: start from a copy of bot.toml.example, name another file"
+                    f" with --config or {CONFIG_ENV}, or give every setting as a"
+                    f" {ENV_PREFIX}<SECTION>_<KEY> variable",
+                )
+            ]
+        )
+    try:
+        return parse_config({}, env)
+    except ConfigError as error:
+        raise ConfigError(
+            [(where, "file not found; from the environment alone:"), *error.problems]
+        ) from None
+
+
+def load_config(path: str | Path, env: Mapping[str, str] = os.environ) -> Config:
+    """Read a TOML file (or none: see `parse_config_file`) and parse it; file and syntax
+    errors are `ConfigError`s too."""
+    return parse_config_file(read_config_file(path), env, str(path))
 
 
 def summarize(config: Config) -> str:
@@ -287,6 +367,84 @@ def summarize(config: Config) -> str:
 def env_name(key_path: str) -> str:
     """`video.bigbluebutton.secret` → `SUPPORT_BOT_VIDEO_BIGBLUEBUTTON_SECRET`."""
     return ENV_PREFIX + key_path.replace(".", "_").upper()
+
+
+# -- where each value came from (check-config) -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One key of a valid config as check-config lists it."""
+
+    path: str  # "matrix.password"
+    shown: str  # the value as written in TOML; a secret is only "set" or "not set"
+    origin: str  # "file", "default", or the name of the variable that gave it
+
+
+def settings_of(
+    config: Config, raw: Mapping[str, Any] | None, env: Mapping[str, str]
+) -> list[Setting]:
+    """Every key of `config` (parsed from `raw` and `env`) with its value and where it came
+    from, in the order of the dataclasses; secrets are never shown. Pure."""
+    return list(_settings_of(config, raw or {}, "", env))
+
+
+def _settings_of(
+    node: Any, raw: Mapping[str, Any], path: str, env: Mapping[str, str]
+) -> Iterator[Setting]:
+    hints = _hints(type(node))
+    for fld in fields(node):
+        key, hint, value = _toml_key(fld.name), hints[fld.name], getattr(node, fld.name)
+        here = _join(path, key)
+        if is_dataclass(hint):
+            inner = raw.get(key)
+            yield from _settings_of(value, inner if isinstance(inner, Mapping) else {}, here, env)
+            continue
+        if _table_item(hint) is not None:  # [[availability]], [[bridges]]: the file only
+            origin = "file" if key in raw else "default"
+            yield Setting(here, _count(len(value), "block"), origin)
+            continue
+        name = env_name(here)
+        origin = name if env.get(name) else "file" if key in raw else "default"
+        yield Setting(here, _shown(here, value, secret=bool(fld.metadata.get("secret"))), origin)
+
+
+def _shown(path: str, value: Any, *, secret: bool) -> str:
+    if secret:
+        return "set" if value else "not set"
+    if value is None:
+        return "not set"
+    if path == "database.url":  # a DSN may carry the database password
+        parts = urlsplit(value)
+        if parts.password:
+            host = parts.netloc.rpartition("@")[2]
+            value = urlunsplit(parts._replace(netloc=f"{parts.username or ''}:…@{host}"))
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, time):
+        return f'"{value:%H:%M}"'
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if path == "logging.levels":
+        return "{" + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in value) + "}"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_shown(path, item, secret=False) for item in value) + "]"
+    return str(value)
+
+
+@cache
+def _setting_env_names() -> frozenset[str]:
+    """The variable of every key the environment can give."""
+
+    def walk(cls: type, path: str) -> Iterator[str]:
+        for name, hint in _hints(cls).items():
+            here = _join(path, _toml_key(name))
+            if is_dataclass(hint):
+                yield from walk(hint, here)
+            elif _table_item(hint) is None:
+                yield env_name(here)
+
+    return frozenset(walk(Config, ""))
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -332,7 +490,13 @@ def _read_table(
         if value is _ABSENT:
             if fld.default is MISSING and fld.default_factory is MISSING:
                 if not report.covers(path):
-                    report.add(here, "required")
+                    # Name the variable too: with no file, it is the only way to give it.
+                    report.add(
+                        here,
+                        f"required (or the variable {env_name(here)})"
+                        if allow_env
+                        else "required",
+                    )
             continue
         _read_value(cls, fld.name, hint, value, here, origin, report, values)
     return values
@@ -470,6 +634,51 @@ def _parse_time(value: Any) -> time:
     return time(int(match[1]), int(match[2]))
 
 
+def _log_level(value: Any) -> str:
+    level = value.strip().upper() if isinstance(value, str) else None
+    if level not in get_args(LogLevel):
+        raise _Invalid("must be one of " + ", ".join(f'"{c}"' for c in get_args(LogLevel)))
+    return level
+
+
+def _parse_levels(value: Any) -> tuple[tuple[str, str], ...]:
+    """`[logging.levels]` (or `"nio=INFO,tortoise=DEBUG"` from the environment) added to the
+    defaults. An unquoted dotted key (`aiohttp.access = "INFO"`) is a nested table in TOML:
+    flattened back into the logger name it spells."""
+    if isinstance(value, str):
+        pairs = []
+        for part in value.split(","):
+            if not part.strip():
+                continue
+            name, equals, level = part.partition("=")
+            if not equals:
+                raise _Invalid('must be "logger=LEVEL" pairs separated by commas, e.g. "nio=INFO"')
+            pairs.append((name.strip(), level))
+    elif isinstance(value, Mapping):
+        pairs = list(_flatten(value))
+    else:
+        raise _Invalid(f"must be a table of logger names to levels, not {_toml_type(value)}")
+    levels = dict(DEFAULT_LOG_LEVELS)
+    for name, level in pairs:
+        if not name:
+            raise _Invalid(
+                "a logger name must not be empty (the level of all others is logging.level)"
+            )
+        try:
+            levels[name] = _log_level(level)
+        except _Invalid as exc:
+            raise _Invalid(f'logger "{name}": {exc}') from None
+    return tuple(levels.items())
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
 def _parse_days(value: Any) -> tuple[int, ...]:
     """`["mon", "tue"]`, `["lun-ven"]`, `"mon-fri"`, `[0, 1]` (0 = Monday) → sorted numbers."""
     items = [value] if isinstance(value, str) else value
@@ -574,6 +783,24 @@ def _country(value: str) -> str | None:
     return f'unknown country "{value}" for public holidays: use an ISO code such as "FR"'
 
 
+def _subdivision(country: str, value: str) -> str | None:
+    import holidays  # heavy, and only needed when a config is checked
+
+    try:
+        holidays.country_holidays(country, subdiv=value)
+    except NotImplementedError:
+        known = holidays.list_supported_countries().get(country, [])
+        if not known:
+            return f'"{country}" has no subdivisions with holidays of their own: remove it'
+        close = [code for code in known if code.upper() == value.strip().upper()]
+        hint = f' (did you mean "{close[0]}"?)' if close else ""
+        return (
+            f'unknown subdivision "{value}" of {country} for public holidays{hint}: use one of '
+            + ", ".join(f'"{code}"' for code in known)
+        )
+    return None
+
+
 def _locale(value: str) -> str | None:
     return None if value in LOCALES else "must be one of " + ", ".join(f'"{c}"' for c in LOCALES)
 
@@ -616,6 +843,8 @@ def _nick_format(value: str) -> str | None:
 
 _CONVERTERS: Mapping[tuple[type, str], Callable[[Any], Any]] = {
     (Availability, "days"): _parse_days,
+    (LoggingConfig, "level"): _log_level,
+    (LoggingConfig, "levels"): _parse_levels,
 }
 _CHECKS: Mapping[tuple[type, str], Callable[[Any], str | None]] = {
     (MatrixConfig, "homeserver"): _http_url,
@@ -648,6 +877,7 @@ _CHECKS: Mapping[tuple[type, str], Callable[[Any], str | None]] = {
     (WebConfig, "listen"): _listen,
     (WebConfig, "public_url"): _http_url,
     (WebConfig, "secret"): _secret,
+    (MetricsConfig, "listen"): _listen,
     (MailConfig, "host"): _non_empty,
     (MailConfig, "port"): _between(1, 65535),
     (MailConfig, "from_"): _email,
@@ -712,6 +942,11 @@ def _check_across(values: dict[str, Any], report: _Report) -> None:
                 f'"{prefix}" is also service.{other}: references must tell tickets, questions'
                 " and quotes apart",
             )
+    country, subdivision = setting("country"), setting("subdivision")
+    if country is not None and subdivision is not None:
+        if message := _subdivision(country, subdivision):
+            report.add("service.subdivision", message)
+    _check_listeners(values, report)
     reminder, expiry = setting("intake_reminder_hours"), setting("intake_expiry_days")
     if reminder is not None and expiry is not None and reminder >= expiry * 24:
         report.add(
@@ -742,6 +977,21 @@ def _check_across(values: dict[str, Any], report: _Report) -> None:
                 f"availability[{index}].start",
                 f"must be before availability[{index}].end ({window['end']:%H:%M})",
             )
+
+
+def _check_listeners(values: dict[str, Any], report: _Report) -> None:
+    """Two servers cannot listen on one port; a wildcard host takes the port on every address."""
+    if report.covers("web.listen") or report.covers("metrics.listen"):
+        return
+    web = values["web"].get("listen", _default(WebConfig, "listen"))
+    metrics = values["metrics"].get("listen", _default(MetricsConfig, "listen"))
+    web_host, _, web_port = web.rpartition(":")
+    metrics_host, _, metrics_port = metrics.rpartition(":")
+    wildcards = {"0.0.0.0", "[::]", "*"}
+    if int(web_port) == int(metrics_port) and (
+        web_host == metrics_host or web_host in wildcards or metrics_host in wildcards
+    ):
+        report.add("metrics.listen", f"must not be the address of web.listen ({web})")
 
 
 def _check_env_names(env: Mapping[str, str], report: _Report) -> None:

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -108,6 +109,13 @@ class DemoWorld:
 def run_demo(options: DemoOptions) -> int:
     try:
         data_dir = Path(options.data_dir).resolve()
+        try:
+            toml_string(str(data_dir))  # bot.toml names files inside it
+        except ValueError:
+            raise DemoError(
+                f"{str(data_dir)!r}: a path that is not UTF-8 cannot go into bot.toml;"
+                " choose another --data-dir"
+            ) from None
         run_bot = _bot_runner() if options.start_bot else None
         _check_synapse_installed()
         return asyncio.run(_demo(options, data_dir, run_bot))
@@ -369,11 +377,15 @@ async def _prepare(synapse: Synapse, data_dir: Path) -> DemoWorld:
     web_port = state.get("web_port")
     if not isinstance(web_port, int) or not _port_free(web_port):
         web_port = PREFERRED_WEB_PORT if _port_free(PREFERRED_WEB_PORT) else _free_port()
+    metrics_port = state.get("metrics_port")
+    if not isinstance(metrics_port, int) or not _port_free(metrics_port):
+        metrics_port = _free_port()
     state.update(
         version=STATE_VERSION,
         staff_room=staff_room,
         client_dm=client_dm,
         web_port=web_port,
+        metrics_port=metrics_port,
         web_secret=state.get("web_secret") or secrets.token_urlsafe(32),
         pickle_key=state.get("pickle_key") or secrets.token_urlsafe(32),
     )
@@ -389,6 +401,7 @@ async def _prepare(synapse: Synapse, data_dir: Path) -> DemoWorld:
             staff=logins["staff"],
             staff_room=staff_room,
             web_port=web_port,
+            metrics_port=metrics_port,
             web_secret=state["web_secret"],
             pickle_key=state["pickle_key"],
         ),
@@ -491,16 +504,17 @@ def render_config(
     web_port: int,
     web_secret: str,
     pickle_key: str,
+    metrics_port: int = 9464,
 ) -> str:
     """The demo's bot.toml: every key the demo needs, with why it has that value."""
-    q = _toml_string
+    q = toml_string
     return f"""\
 # Written by `support-bot demo` for its throwaway homeserver. The demo keeps your edits when it
 # starts again, unless the homeserver, the rooms or the web port changed (the old file is then
 # kept as bot.toml.old). Every key is explained in bot.toml.example.
 #
 # While the demo runs with --no-bot, the bot can also be started from this file:
-#   support-bot --config {data_dir / "bot.toml"} run
+#   support-bot --config {_command_word(data_dir / "bot.toml")} run
 
 [matrix]
 homeserver = {q(homeserver)}
@@ -527,6 +541,10 @@ confirmation = "chat"
 listen = "127.0.0.1:{web_port}"
 public_url = "http://127.0.0.1:{web_port}"
 secret = {q(web_secret)}
+
+[metrics]
+# Prometheus metrics, on a port of their own (loopback only).
+listen = "127.0.0.1:{metrics_port}"
 
 [video]
 provider = "jitsi"
@@ -580,9 +598,46 @@ def _ensure_config(path: Path, text: str, *, expect: dict[str, str]) -> Config:
     return load_config(path, env={})
 
 
-def _toml_string(value: str) -> str:
-    # A JSON string is a valid TOML basic string (same escapes, \\uXXXX included).
-    return json.dumps(value)
+# TOML basic strings must escape `"`, `\` and the control characters (tab may stay, but an
+# escape is easier to read); everything else, outside the BMP too, is written as itself. Not
+# json.dumps: it writes "😀" as the surrogate pair "\ud83d\ude00", which TOML refuses.
+_TOML_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\f": "\\f",
+    "\r": "\\r",
+}
+
+
+def toml_string(value: str) -> str:
+    """`value` as a TOML basic string (`"..."`) that `tomllib` reads back as `value`.
+
+    Raises `ValueError` for a lone surrogate (a path with bytes that are not UTF-8, as Python
+    decodes them): TOML is UTF-8 and has no way to write one.
+    """
+    out = []
+    for char in value:
+        code = ord(char)
+        if 0xD800 <= code <= 0xDFFF:
+            raise ValueError("not UTF-8: a TOML file cannot hold this text")
+        if char in _TOML_ESCAPES:
+            out.append(_TOML_ESCAPES[char])
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04X}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
+
+
+def _command_word(path: Path) -> str:
+    """`path` quoted for a shell command shown in a TOML comment. A comment must stay on one
+    line and hold no control character: those (a newline in a directory name) become `?`, and
+    the command is then only a hint."""
+    text = "".join("?" if ord(c) < 0x20 or ord(c) == 0x7F else c for c in str(path))
+    return shlex.quote(text)
 
 
 def _read_state(path: Path) -> dict[str, Any]:

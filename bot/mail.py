@@ -9,6 +9,11 @@ on any failure. Recipient addresses are personal data: they are never logged, an
 messages never contain them (SMTP error texts often quote the address, so only the error's
 class and code are kept); nor does the `repr` of a `Mail`, whose body may also carry a secret
 link.
+
+Recipients are written in their ASCII form (`smtp_address`): an internationalised domain
+becomes its IDNA name (`jean@xn--exmple-cua.org`), which every server accepts. A local part
+outside ASCII (`élise@…`) has no such form: it is kept, and aiosmtplib then asks the server for
+SMTPUTF8; a server without it refuses the mail (`MailError`), the one case left to the server.
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
 
 import aiosmtplib
+from email_validator import EmailNotValidError, validate_email
 
 from bot.config import MailConfig
 
-__all__ = ["IMPLICIT_TLS_PORT", "Mail", "MailError", "Mailer", "build_message"]
+__all__ = ["IMPLICIT_TLS_PORT", "Mail", "MailError", "Mailer", "build_message", "smtp_address"]
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +132,11 @@ def build_message(
     _, address = parseaddr(to)
     if not address or "@" not in address or any(c.isspace() for c in address):
         raise ValueError("not an e-mail address")
+    local, _, domain = smtp_address(address).rpartition("@")
     message = EmailMessage()
     message["From"] = sender
-    message["To"] = Address(addr_spec=address)
+    # By parts: parsing an addr-spec refuses a non-ASCII local part, which SMTPUTF8 may carry.
+    message["To"] = Address(username=local, domain=domain)
     message["Subject"] = subject
     message["Date"] = formatdate(usegmt=True)
     domain = parseaddr(sender)[1].rpartition("@")[2] or None
@@ -141,3 +149,14 @@ def build_message(
     if html is not None:
         message.add_alternative(html, subtype="html")
     return message
+
+
+def smtp_address(address: str) -> str:
+    """`address` as written to SMTP: its ASCII form when it has one (IDNA domain), else the
+    normalised address, whose non-ASCII local part needs the server's SMTPUTF8. Raises
+    `ValueError` (without the address) for anything `email_validator` refuses; no DNS."""
+    try:
+        valid = validate_email(address, check_deliverability=False)
+    except EmailNotValidError:
+        raise ValueError("not an e-mail address") from None
+    return valid.ascii_email or valid.normalized

@@ -94,11 +94,22 @@ class BusinessCalendar:
     """Working days and hours of the service: Monday–Friday minus the country's public holidays.
 
     Public holidays come from the `holidays` package only, so they stay right as countries
-    change them. All arguments are validated at construction so a bad config fails at start-up
-    rather than at the first deadline.
+    change them. `subdivision` adds a region's own holidays, as the package names the region
+    ("57": Moselle, where Good Friday and 26 December are holidays). All arguments are
+    validated at construction so a bad config fails at start-up rather than at the first
+    deadline.
     """
 
-    __slots__ = ("_by_year", "_holidays", "country", "day_end", "day_start", "timezone", "tz")
+    __slots__ = (
+        "_by_year",
+        "_holidays",
+        "country",
+        "day_end",
+        "day_start",
+        "subdivision",
+        "timezone",
+        "tz",
+    )
 
     def __init__(
         self,
@@ -106,6 +117,7 @@ class BusinessCalendar:
         timezone: str = "Europe/Paris",
         day_end: time = time(18, 0),
         day_start: time = time(9, 0),
+        subdivision: str | None = None,
     ) -> None:
         try:
             self.tz = ZoneInfo(timezone)
@@ -113,14 +125,18 @@ class BusinessCalendar:
             raise ValueError(f"unknown time zone {timezone!r}") from exc
         try:
             # Built once: the object computes a year's holidays lazily when first asked.
-            self._holidays = holidays.country_holidays(country)
+            self._holidays = holidays.country_holidays(country, subdiv=subdivision)
         except NotImplementedError as exc:
-            raise ValueError(f"no public holidays known for country {country!r}") from exc
+            where = f"country {country!r}" + (
+                f" and subdivision {subdivision!r}" if subdivision else ""
+            )
+            raise ValueError(f"no public holidays known for {where}") from exc
         if day_start.tzinfo is not None or day_end.tzinfo is not None:
             raise ValueError("day_start and day_end are local wall-clock times, without tzinfo")
         if day_start >= day_end:
             raise ValueError(f"day_start {day_start} must be before day_end {day_end}")
         self.country = country
+        self.subdivision = subdivision
         self.timezone = timezone
         self.day_start = day_start
         self.day_end = day_end
@@ -129,7 +145,8 @@ class BusinessCalendar:
     def __repr__(self) -> str:
         return (
             f"BusinessCalendar(country={self.country!r}, timezone={self.timezone!r}, "
-            f"day_end={self.day_end!r}, day_start={self.day_start!r})"
+            f"day_end={self.day_end!r}, day_start={self.day_start!r}, "
+            f"subdivision={self.subdivision!r})"
         )
 
     def holidays_in(self, year: int) -> frozenset[date]:

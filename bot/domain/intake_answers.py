@@ -18,7 +18,14 @@ Decisions
   URL to send), optionally a version (`6.4.2`, `5.x`, `6.4.2+240129`, `6`) and a survey ID (4–10
   digits, also found in the URL's `sid` parameter or `/index.php/123456`). Words without digits
   ("version", "my instance is") are ignored; a token with digits that fits nothing is reported.
-* **E-mail.** Exactly one address in the message, with the shape a mail server would accept.
+* **E-mail.** Exactly one address in the message, validated by `email-validator` (syntax
+  only, no DNS: this module stays pure) and stored in its normalised form: domain lower-cased
+  and in Unicode (`jean@exämple.org`, also for `jean@xn--exmple-cua.org`), local part as
+  written (NFC) except role names (`Postmaster` → `postmaster`). Internationalised local parts
+  (`élise@…`) are accepted: `bot.mail` sends to the ASCII form when there is one and otherwise
+  leaves it to the server's SMTPUTF8. Invisible characters (a zero-width space, a variation
+  selector, a non-breaking space) are refused rather than dropped: what is stored is what the
+  client sees. Special-use domains (`.test`, `.local`, `.invalid`, …) cannot receive mail.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import NamedTuple, TypeVar
 from urllib.parse import parse_qs, urlsplit
+
+from email_validator import EmailNotValidError, validate_email
 
 from bot.i18n import N_, Msg
 
@@ -458,16 +467,38 @@ def _survey_id_in(url: str) -> str | None:
     return None
 
 
-_LOCAL_PART = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
-_DOMAIN_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+# Characters that show nothing or only a blank: control and format characters (Cc, Cf: the
+# zero-width space U+200B, joiners, direction marks), other unassigned/private/surrogate code
+# points, every separator (Z*: a non-breaking space looks like a space), and the default-
+# ignorable marks and letters outside those categories (variation selectors, the combining
+# grapheme joiner, Mongolian selectors, Hangul fillers). IDNA would silently drop some of them.
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cn", "Co", "Cs", "Zl", "Zp", "Zs"})
+_INVISIBLE_RANGES = (
+    (0x034F, 0x034F),
+    (0x115F, 0x1160),
+    (0x180B, 0x180F),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFFA0, 0xFFA0),
+    (0xE0100, 0xE01EF),
+)
+
+
+def _has_invisible(text: str) -> bool:
+    return any(
+        unicodedata.category(char) in _INVISIBLE_CATEGORIES
+        or any(low <= ord(char) <= high for low, high in _INVISIBLE_RANGES)
+        for char in text
+    )
 
 
 def extract_email(text: str) -> str | None:
-    """The one e-mail address in `text` ("mine is bob@example.org"), validated; else None.
+    """The one e-mail address in `text` ("mine is bob@example.org"), normalised; else None.
 
-    Checks the shape a mail server would accept: an ASCII local part, a domain of at least two
-    labels (internationalised names through IDNA) with an alphabetic top-level label. The
-    domain is lower-cased; the local part is kept as written.
+    The candidate is the one word containing "@" (without surrounding brackets, quotes,
+    final punctuation or `mailto:`); `email_validator` checks it (no DNS) and gives its
+    normalised form. Beyond that: no invisible character, and a top-level label of at least
+    two letters in whatever script ("fr", "рф"), as every top-level domain has.
     """
     if len(text) > 1_000:
         return None
@@ -481,24 +512,13 @@ def extract_email(text: str) -> str | None:
     address = candidates[0]
     if address.lower().startswith("mailto:"):
         address = address[len("mailto:") :]
-    if len(address) > 254 or address.count("@") != 1:
-        return None
-    local, domain = address.split("@")
-    if len(local) > 64 or not _LOCAL_PART.fullmatch(local):
+    if _has_invisible(address):
         return None
     try:
-        ascii_domain = domain.rstrip(".").encode("idna").decode("ascii").lower()
-    except UnicodeError:
+        valid = validate_email(address, check_deliverability=False)
+    except EmailNotValidError:
         return None
-    labels = ascii_domain.split(".")
-    if len(labels) < 2 or not all(_DOMAIN_LABEL.fullmatch(label) for label in labels):
+    top = valid.domain.rsplit(".", 1)[-1]
+    if len(top) < 2 or not top.isalpha():
         return None
-    # The top-level label is letters, in whatever script ("fr", "рф", "xn--p1ai"): checked in
-    # its Unicode form, since the IDNA form of an odd character ("¡" → "xn--7a") looks fine.
-    try:
-        top = labels[-1].encode("ascii").decode("idna")
-    except UnicodeError:
-        return None
-    if not top.isalpha() or len(labels[-1]) < 2:
-        return None
-    return f"{local}@{domain.rstrip('.').lower()}"
+    return valid.normalized

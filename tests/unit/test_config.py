@@ -672,7 +672,10 @@ def test_check_config_valid(
     out = capsys.readouterr().out
     assert out.startswith("ok: @support:sondages.pro on https://matrix.sondages.pro")
     assert "1 availability window\n" in out
-    assert out.count("\n") == 1
+    # Then the file, and every key with where its value came from (tests/unit/test_config_env).
+    lines = out.splitlines()
+    assert lines[1] == f"file: {file}"
+    assert all(line.startswith("  ") and line.endswith(")") for line in lines[2:])
 
 
 def test_check_config_reports_every_problem(

@@ -1,0 +1,162 @@
+"""`bot.process.setup_logging`: text or JSON lines, levels per logger, `--log-level` over the
+config, and what the CLI applies once the config is read."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bot.config import DEFAULT_LOG_LEVELS, LoggingConfig
+from bot.process import LOG_EXTRA_FIELDS, QUIET_LOGGERS, setup_logging
+
+# Autouse: the root's handlers and level, and the quiet loggers' levels, given back.
+from tests.unit.test_cli import restore_logging  # noqa: F401
+
+OTHER_NAMES = ("bot.matrix", "bot.test_logging")
+
+
+@pytest.fixture(autouse=True)
+def restore_other_levels() -> Iterator[None]:
+    levels = {name: logging.getLogger(name).level for name in OTHER_NAMES}
+    yield
+    for name, old in levels.items():
+        logging.getLogger(name).setLevel(old)
+
+
+def lines_of(stream: io.StringIO) -> list[str]:
+    return stream.getvalue().splitlines()
+
+
+def test_json_lines_parse_and_carry_the_given_fields() -> None:
+    stream = io.StringIO()
+    setup_logging(LoggingConfig(format="json"), stream=stream)
+    log = logging.getLogger("bot.test_logging")
+    log.info(
+        "ticket %s opened",
+        "SP-2026-0042",
+        extra={"event_id": "$abc", "room_id": "!room:sondages.pro", "ref": "SP-2026-0042"},
+    )
+    log.warning("no extra fields")
+    first, second = (json.loads(line) for line in lines_of(stream))
+    assert first["message"] == "ticket SP-2026-0042 opened"
+    assert first["level"] == "INFO"
+    assert first["logger"] == "bot.test_logging"
+    assert first["time"].endswith("+00:00")
+    assert (first["event_id"], first["room_id"], first["ref"]) == (
+        "$abc",
+        "!room:sondages.pro",
+        "SP-2026-0042",
+    )
+    assert second["level"] == "WARNING"
+    assert not set(LOG_EXTRA_FIELDS) & set(second)
+
+
+def test_json_lines_drop_any_other_extra_and_dict_messages() -> None:
+    stream = io.StringIO()
+    setup_logging(LoggingConfig(format="json"), stream=stream)
+    log = logging.getLogger("bot.test_logging")
+    log.info("received", extra={"body": "my password is hunter2", "ref": "SP-2026-0001"})
+    log.info({"body": "my password is hunter2"})
+    text = stream.getvalue()
+    assert "hunter2" not in text
+    first, second = (json.loads(line) for line in lines_of(stream))
+    assert set(first) == {"time", "level", "logger", "message", "ref"}
+    assert second["message"] == ""
+
+
+def test_json_lines_carry_the_traceback() -> None:
+    stream = io.StringIO()
+    setup_logging(LoggingConfig(format="json"), stream=stream)
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        logging.getLogger("bot.test_logging").exception("failed")
+    (line,) = lines_of(stream)
+    assert "RuntimeError: boom" in json.loads(line)["exc_info"]
+
+
+def test_text_lines_keep_the_usual_format() -> None:
+    stream = io.StringIO()
+    setup_logging(LoggingConfig(), stream=stream)
+    logging.getLogger("bot.test_logging").info("hello", extra={"ref": "SP-2026-0001"})
+    (line,) = lines_of(stream)
+    assert line.endswith(" INFO bot.test_logging: hello")
+
+
+def test_levels_per_logger_apply() -> None:
+    stream = io.StringIO()
+    config = LoggingConfig(
+        level="WARNING",
+        levels=(*DEFAULT_LOG_LEVELS, ("bot.matrix", "DEBUG"), ("nio", "ERROR")),
+    )
+    setup_logging(config, stream=stream)
+    logging.getLogger("bot.matrix").debug("matrix detail")
+    logging.getLogger("bot.test_logging").info("not shown: below WARNING")
+    logging.getLogger("nio").warning("not shown: nio at ERROR")
+    logging.getLogger("nio").error("nio error")
+    logging.getLogger("tortoise").info("not shown: default WARNING")
+    text = stream.getvalue()
+    assert "matrix detail" in text and "nio error" in text
+    assert "not shown" not in text
+
+
+def test_log_level_option_overrides_the_config() -> None:
+    stream = io.StringIO()
+    setup_logging(LoggingConfig(level="ERROR"), level="DEBUG", stream=stream)
+    logging.getLogger("bot.test_logging").debug("debug shown")
+    logging.getLogger("aiohttp.access").info("not shown: traffic stays quiet")
+    assert "debug shown" in stream.getvalue()
+    assert "not shown" not in stream.getvalue()
+
+
+def test_default_levels_never_make_a_logger_louder_than_the_root() -> None:
+    setup_logging(LoggingConfig(), level="ERROR", stream=io.StringIO())
+    assert all(logging.getLogger(name).level == logging.ERROR for name in QUIET_LOGGERS)
+    setup_logging(LoggingConfig(), level="DEBUG", stream=io.StringIO())
+    assert all(logging.getLogger(name).level == logging.WARNING for name in QUIET_LOGGERS)
+
+
+def test_a_second_setup_replaces_the_first() -> None:
+    first, second = io.StringIO(), io.StringIO()
+    setup_logging(LoggingConfig(levels=(("bot.matrix", "DEBUG"),)), stream=first)
+    setup_logging(LoggingConfig(format="json"), stream=second)
+    logging.getLogger("bot.test_logging").warning("once")
+    assert first.getvalue() == ""
+    assert json.loads(second.getvalue())["message"] == "once"
+    # A logger the first setup configured and the second does not is reset.
+    assert logging.getLogger("bot.matrix").level == logging.NOTSET
+
+
+def test_the_cli_applies_the_configs_logging(tmp_path: Path) -> None:
+    from bot.cli import _load
+
+    file = tmp_path / "bot.toml"
+    file.write_text(
+        """\
+[matrix]
+homeserver = "https://matrix.sondages.pro"
+user_id = "@support:sondages.pro"
+password = "a real password"
+staff_room = "#support-staff:sondages.pro"
+[web]
+secret = "0123456789abcdef0123"
+[video.jitsi]
+base_url = "https://meet.sondages.pro"
+[logging]
+level = "WARNING"
+levels = { "bot.matrix" = "DEBUG" }
+""",
+        encoding="utf-8",
+    )
+    config = _load(argparse.Namespace(config=str(file), log_level=None))
+    assert config is not None
+    assert logging.getLogger().level == logging.WARNING
+    assert logging.getLogger("bot.matrix").level == logging.DEBUG
+    _load(argparse.Namespace(config=str(file), log_level="DEBUG"))
+    assert logging.getLogger().level == logging.DEBUG
