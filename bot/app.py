@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -26,11 +26,28 @@ from bot.outbox import Deliverer
 from bot.services import Metrics, Services, sweep_forever, utc_now
 from bot.storage.db import close_db, open_db
 from bot.storage.tags import SentTags
+from bot.version import version
 from bot.video import build_provider
-from bot.web.app import build_web_app, start_web
+from bot.web.app import build_metrics_app, build_web_app, start_web
 from handlers.consent import on_client_confirmed
 
 log = logging.getLogger(__name__)
+
+
+async def _unless_stopped(step: Awaitable[None], stop: asyncio.Event) -> bool:
+    """Run `step` unless `stop` is set first (then `step` is cancelled): True when it ran."""
+    task = asyncio.ensure_future(step)
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if task.done():
+        task.result()  # its error, if any, is the start's
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    log.info("stopped during start-up")
+    return False
 
 
 async def run_bot(
@@ -42,6 +59,9 @@ async def run_bot(
 ) -> None:
     """Run the bot until `stop` is set: database, Matrix, outbox, sweepers and web server."""
     stop = stop or asyncio.Event()
+    # First, so that the version is in the log even when start-up fails (a migration, a
+    # catalog, the homeserver): that is when an operator needs to know which code ran.
+    log.info("support-bot %s starting", version())
     catalogs = Catalogs.load(default=config.service.default_locale)
     applied = await open_db(config.database.url)
     if applied:
@@ -50,6 +70,7 @@ async def run_bot(
     shell: MatrixShell | None = None
     deliverer: Deliverer | None = None
     web_runner = None
+    metrics_runner = None
     tasks: list[asyncio.Task[Any]] = []
     try:
         holder: dict[str, Dispatcher] = {}
@@ -64,6 +85,7 @@ async def run_bot(
             is_staff_inviter=lambda user_id: services.identity.is_staff_user(user_id),
             clock=clock,
         )
+        metrics.watch_sync(shell.stats)
         try:
             video = build_provider(config.video, http, now=clock)
         except Exception as error:  # a misconfigured provider must not stop the front desk
@@ -81,7 +103,11 @@ async def run_bot(
             mailer=Mailer(config.mail),
         )
         deliverer = Deliverer(
-            shell.transport, clock, tags=SentTags(), mailer=lambda: services.mailer
+            shell.transport,
+            clock,
+            tags=SentTags(),
+            mailer=lambda: services.mailer,
+            metrics=metrics,
         )
         dispatcher = Dispatcher(
             handlers.build_router(),
@@ -105,7 +131,32 @@ async def run_bot(
             sync_state=shell.sync_state,
         )
         web_runner = await start_web(web, config.web.listen)
-        await shell.start()
+
+        async def refresh_metrics() -> None:
+            # The figures kept in the database (outbox, queue, tickets at risk), per scrape.
+            await metrics.refresh(clock(), services.calendar, config.service.sla_warning_hours)
+
+        # Before the Matrix start (retried while the homeserver is away): its sync failures
+        # are worth seeing then already.
+        try:
+            metrics_runner = await start_web(
+                build_metrics_app(metrics.registry, refresh_metrics),
+                config.metrics.listen,
+                name="metrics",
+                access_log=False,
+            )
+        except OSError as error:
+            # The front desk does not stay closed for want of its metrics (the address taken,
+            # or not this host's): Prometheus' `up` shows the loss, this line says why.
+            log.error(
+                "metrics: cannot listen on %s (%s): running without /metrics",
+                config.metrics.listen,
+                error.strerror or type(error).__name__,
+            )
+        # A stop during start-up (SIGTERM while the homeserver is unreachable and the login
+        # retries) ends the start at once instead of waiting for a SIGKILL.
+        if not await _unless_stopped(shell.start(), stop):
+            return
         deliverer.start()
         tasks.append(asyncio.create_task(sweep_forever(services, handlers.sweepers(), stop)))
         sync_task = asyncio.create_task(shell.run(), name="matrix-sync")
@@ -136,8 +187,9 @@ async def run_bot(
                 await task
         if deliverer is not None:
             await deliverer.stop()
-        if web_runner is not None:
-            with contextlib.suppress(Exception):
-                await web_runner.cleanup()
+        for runner in (web_runner, metrics_runner):
+            if runner is not None:
+                with contextlib.suppress(Exception):
+                    await runner.cleanup()
         await http.close()
         await close_db()

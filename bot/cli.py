@@ -10,29 +10,31 @@ import argparse
 import asyncio
 import inspect
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from bot.process import LOG_FORMAT, stop_on_signals
+from bot.config import DEFAULT_CONFIG_PATH, LoggingConfig, config_path
+from bot.process import QUIET_LOGGERS as QUIET_LOGGERS
+from bot.process import setup_logging, stop_on_signals
 
 if TYPE_CHECKING:
     from bot.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONFIG = "bot.toml"
+DEFAULT_CONFIG = DEFAULT_CONFIG_PATH
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-# Only levels and origins: message content belongs in no log line (SPEC §7), so the format adds
-# nothing beyond what the code chose to log.
-# Loggers that speak about traffic (requests, access lines, ORM start/stop), not about the bot.
-QUIET_LOGGERS = ("nio", "aiohttp.access", "aiohttp.client", "aiohttp.server", "tortoise")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.log_level)
+    # `--config` wins over SUPPORT_BOT_CONFIG, which wins over bot.toml.
+    args.config = config_path(args.config, os.environ)
+    # Defaults until a command reads the config (`_load` then applies its [logging]).
+    setup_logging(LoggingConfig(), level=args.log_level)
     command: Callable[[argparse.Namespace], int] = getattr(args, "handler", _run)
     try:
         return command(args)
@@ -60,8 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="support-bot",
         description="Matrix front desk for a support service sold as one-hour tickets.",
-        parents=[_common_options(config=DEFAULT_CONFIG, log_level="INFO")],
+        parents=[_common_options(config=None, log_level=None)],
         epilog="Without a subcommand, `run` is assumed.",
+    )
+    parser.add_argument(
+        "--version", action=_VersionAction, help="print support-bot's version and exit"
     )
     # `--config` and `--log-level` are accepted after the subcommand too. There their default
     # is SUPPRESS, so an option given before the subcommand is not reset by it.
@@ -154,7 +159,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _common_options(*, config: str, log_level: str) -> argparse.ArgumentParser:
+class _VersionAction(argparse.Action):
+    """`--version` → `support-bot 0.1.0` on standard output, exit 0.
+
+    argparse's own "version" action wants the string when the parser is built; reading the
+    package metadata then would slow every command, `--help` included, for one that asks.
+    """
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        from bot.version import version
+
+        print(f"{parser.prog} {version()}")
+        parser.exit(0)
+
+
+def _common_options(*, config: str | None, log_level: str | None) -> argparse.ArgumentParser:
     # A new parser each time: parents share their action objects with every parser built from
     # them, so a default set on one would leak into the others.
     common = argparse.ArgumentParser(add_help=False)
@@ -162,14 +190,14 @@ def _common_options(*, config: str, log_level: str) -> argparse.ArgumentParser:
         "--config",
         metavar="PATH",
         default=config,
-        help=f"configuration file (default: {DEFAULT_CONFIG})",
+        help=f"configuration file (default: $SUPPORT_BOT_CONFIG, else {DEFAULT_CONFIG})",
     )
     common.add_argument(
         "--log-level",
         type=str.upper,
         choices=LOG_LEVELS,
         default=log_level,
-        help="log verbosity (default: INFO)",
+        help="log verbosity; overrides [logging] level of the config (default there: INFO)",
     )
     return common
 
@@ -190,14 +218,6 @@ def _port(value: str) -> int:
     return int(value)
 
 
-def setup_logging(level: str) -> None:
-    """Log to standard error at `level`; traffic loggers only from WARNING."""
-    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
-    logging.getLogger().setLevel(level)
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))
-
-
 # -- subcommands ------------------------------------------------------------------------------
 
 
@@ -213,7 +233,7 @@ def _missing_subcommand(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = _load(args)
     if config is None:
         return 1
     from bot.app import run_bot
@@ -244,7 +264,7 @@ def _demo(args: argparse.Namespace) -> int:
         chat=chat,
         reset=args.reset,
         start_bot=args.bot,
-        log_level=args.log_level,
+        log_level=args.log_level or "INFO",
     )
     return run_demo(options)
 
@@ -256,7 +276,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = _load(args)
     if config is None:
         return 1
     from bot.storage.db import apply_migrations
@@ -309,17 +329,20 @@ def _client_erase(args: argparse.Namespace) -> int:
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def _load(path: str) -> Config | None:
-    """The config, or None after printing every problem as `key: message`."""
-    import os
-
+def _load(args: argparse.Namespace) -> Config | None:
+    """The config of `--config`, or None after printing every problem as `key: message`. Its
+    [logging] applies from then on (`--log-level` still overriding its level)."""
     from bot.config import ConfigError, load_config
 
     try:
-        return load_config(path, os.environ)
+        config = load_config(args.config, os.environ)
     except ConfigError as error:
         _print_problems(error)
         return None
+    setup_logging(config.logging, level=args.log_level)
+    if not os.path.exists(args.config):  # logged now, in the format the config asks for
+        log.info("no file %s: configured from the environment alone", args.config)
+    return config
 
 
 def _print_problems(error: ConfigError) -> None:
@@ -330,7 +353,7 @@ def _print_problems(error: ConfigError) -> None:
 def _with_config(args: argparse.Namespace, command: Callable[..., Any], *a: Any, **kw: Any) -> int:
     """Call a `cli_tickets` command with the loaded config; it may be sync or async and may
     return an exit code (None means success)."""
-    config = _load(args.config)
+    config = _load(args)
     if config is None:
         return 1
     result = command(config, *a, **kw)

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 
 from tortoise.exceptions import IntegrityError
@@ -263,6 +263,9 @@ class Context:
     state: SenderState | None = None
     # The whole registry: effects to run, commands to list in !help.
     router: Router | None = None
+    # The function name of the handler running (an effect's while it runs): what an error
+    # is counted under (`support_bot_handler_errors_total{handler=…}`).
+    handler: str = ""
 
     @property
     def tz(self) -> ZoneInfo:
@@ -392,21 +395,25 @@ class Context:
     async def emit(self, effect: Any) -> None:
         """Have the module that owns it do `effect`'s work now, in this event's transaction;
         its refusals and failures are this event's."""
+        outer = self.handler
         for handler in self.router.effects.get(type(effect), []) if self.router else []:
-            await handler(self, effect)
+            self.handler = handler_name(handler)
+            await handler(self, effect)  # a failure is counted under the effect's handler
+        self.handler = outer
 
     async def try_emit(self, effect: Any) -> bool:
         """`emit` in a savepoint: when the work fails, its rows and messages are dropped and
         the caller goes on. False when nobody does that work or it failed."""
         if not self.handles(type(effect)):
             return False
-        sent = len(self.outgoing)
+        sent, outer = len(self.outgoing), self.handler
         try:
             async with in_transaction():
                 await self.emit(effect)
         except Exception:
             log.exception("effect %s failed", type(effect).__name__)
             del self.outgoing[sent:]
+            self.handler = outer
             return False
         return True
 
@@ -431,6 +438,25 @@ class Context:
 
     def fail(self, msg: Msg) -> DomainError:
         return DomainError(msg)
+
+
+def _handlers(router: Router) -> Iterator[Callable[..., Any]]:
+    for spec in router.commands:
+        if spec.handler is not None:
+            yield spec.handler
+    yield from (spec.handler for spec in router.reactions)
+    yield from router.redactions
+    yield from router.texts.values()
+    yield from router.members
+    for handlers in router.effects.values():
+        yield from handlers
+    if router.state_loader is not None:
+        yield router.state_loader
+
+
+def handler_name(fn: Callable[..., Any]) -> str:
+    """The label a handler's errors are counted under: its function name."""
+    return getattr(fn, "__name__", type(fn).__name__)
 
 
 def _stored(out: Outgoing) -> dict[str, Any]:
@@ -467,6 +493,21 @@ FLOOD_PAUSE_SECONDS = 1.0
 FLOOD_PAUSE_CAP_SECONDS = 5.0
 
 
+#: What handler errors are counted under when no handler was running yet (the dispatcher's
+#: own preparation of the event failed).
+NO_HANDLER = "dispatch"
+
+
+class Deliver(Protocol):
+    """Hands a handler's committed rows to the deliverer (`Deliverer.offer`): those of
+    `first_room` go first; `since` is when the message answered was sent (its
+    origin_server_ts), for the answer-latency histogram."""
+
+    def __call__(
+        self, rows: Sequence[OutboxItem], first_room: str | None, since: datetime | None, /
+    ) -> None: ...
+
+
 class Dispatcher:
     """Turns batches of incoming events into handler runs, one transaction per event."""
 
@@ -476,7 +517,7 @@ class Dispatcher:
         services: Services,
         *,
         wake_delivery: Callable[[], None],
-        deliver: Callable[[Sequence[OutboxItem], str | None], None] | None = None,
+        deliver: Deliver | None = None,
     ):
         self.router = router
         self.services = services
@@ -492,6 +533,8 @@ class Dispatcher:
         for spec in router.reactions:
             for key in spec.keys:
                 self._reaction_keys[_norm_reaction(key)].append(spec.handler)
+        # Every handler's error series exists from the start, at 0: rates and alerts need it.
+        services.metrics.expect_handlers([NO_HANDLER, *map(handler_name, _handlers(router))])
 
     async def on_batch(self, events: Sequence[Incoming]) -> None:
         """Handle one sync batch: senders in parallel, each sender's events in order."""
@@ -549,7 +592,7 @@ class Dispatcher:
                 # Another delivery of the same event won the race: nothing more to do.
                 if await HandledEvent.exists(event_id=event.event_id):
                     return
-                await self._fail(ctx, now)
+                rows = await self._fail(ctx, now)
             except DomainError as refusal:
                 ctx.outgoing.clear()
                 ctx.reply(refusal.msg)
@@ -561,10 +604,13 @@ class Dispatcher:
                     # Not the handler's fault and not to be apologised for: the event stays
                     # unhandled, the batch fails, and the shell retries it (token not stored).
                     raise
-                await self._fail(ctx, now)
+                rows = await self._fail(ctx, now)
         self.services.count_event(type(event).__name__)
         if rows is not None and self.deliver is not None:
-            self.deliver(rows, event.room_id)
+            # The answer latency is a person's wait: only messages count (not reactions nor
+            # memberships), and not the day-old ones the bot could never decrypt.
+            since = event.ts if isinstance(event, IncomingText) else None
+            self.deliver(rows, event.room_id, since)
         else:
             self.wake_delivery()
 
@@ -616,21 +662,23 @@ class Dispatcher:
             return False
         except Exception:
             log.exception("background job failed (%s)", key.split(":", 1)[0])
-            self.services.count_error()
+            # Jobs are closures (all named "job"): their key's prefix says which one failed.
+            self.services.count_error("job:" + key.split(":", 1)[0])
             return False
         self.wake_delivery()
         return True
 
-    async def _fail(self, ctx: Context, now: datetime) -> None:
+    async def _fail(self, ctx: Context, now: datetime) -> list[OutboxItem]:
+        """Count the error, record the event as handled, apologise; the rows written."""
         ref = secrets.token_hex(4)
         event_id = ctx.event.event_id if ctx.event else "-"
         log.exception("handler failed (ref %s, event %s in %s)", ref, event_id, ctx.room_id)
-        self.services.count_error()
+        self.services.count_error(ctx.handler or NO_HANDLER)
         ctx.outgoing.clear()
         if isinstance(ctx.event, IncomingText):
             ctx.reply(Msg(APOLOGY, {"ref": ref}))
         async with in_transaction():
-            await self._commit(ctx, now)
+            return await self._commit(ctx, now)
 
     async def _commit(
         self, ctx: Context, now: datetime, *, job_key: str | None = None
@@ -681,13 +729,13 @@ class Dispatcher:
             await self._route_text(ctx, event, author.text or "")
         elif isinstance(event, IncomingReaction):
             for handler in self._reaction_keys.get(_norm_reaction(event.key), ()):
-                await handler(ctx)
+                await _run(ctx, handler)
         elif isinstance(event, IncomingRedaction):
             for handler in self.router.redactions:
-                await handler(ctx)
+                await _run(ctx, handler)
         elif isinstance(event, IncomingMember):
             for handler in self.router.members:
-                await handler(ctx)
+                await _run(ctx, handler)
         elif isinstance(event, IncomingUnreadable):
             # Given up after a day: the sender knows, instead of waiting for an answer. Not
             # for a bridge account's message: there is nobody in particular to tell.
@@ -723,15 +771,22 @@ class Dispatcher:
             if spec.staff and not ctx.is_staff:
                 ctx.reply(Msg(STAFF_ONLY, {"name": name}))
                 return
-            await spec.handler(ctx)
+            await _run(ctx, spec.handler)
             return
         ctx.args = text
-        if self.router.state_loader is None:
+        loader = self.router.state_loader
+        if loader is None:
             return
-        ctx.state = await self.router.state_loader(ctx)
+        ctx.handler = handler_name(loader)
+        ctx.state = await loader(ctx)
         handler = self.router.texts.get(ctx.state.situation)
         if handler is not None:
-            await handler(ctx)
+            await _run(ctx, handler)
+
+
+async def _run(ctx: Context, handler: Handler) -> None:
+    ctx.handler = handler_name(handler)
+    await handler(ctx)
 
 
 def is_database_outage(error: BaseException) -> bool:

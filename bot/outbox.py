@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from tortoise.transactions import in_transaction
 
 from bot.mail import Mail, Mailer, MailError
+from bot.metrics import Metrics
 from bot.ports import Transport, TransportError
 from bot.storage.models import OutboxItem
 
@@ -27,6 +28,8 @@ MAIL_ATTEMPTS = 4
 # An event's answers in other rooms than its own (the staff room's card after a client's
 # answer) wait for its own room's answer to be sent, at most this long.
 HEAD_START_SECONDS = 2.0
+# Answers waiting to be sent whose latency is still to be observed, at most (oldest dropped).
+_LATENCY_MEMORY = 5000
 
 
 class TagBook(Protocol):
@@ -47,7 +50,12 @@ class Deliverer:
 
     Rows a handler has just committed are handed over with `offer()` and sent without
     being read back; `wake()` makes a pass over the table (rows of background jobs, of an
-    earlier crash, of a failed attempt; and every 30 s)."""
+    earlier crash, of a failed attempt; and every 30 s).
+
+    With `metrics`, it counts mails sent and failed, and observes the answer latency: the
+    first row `offer()` gets for the room of a message carries, in memory and by transaction
+    id, when that message was sent, until the homeserver accepts the row. Rows read back
+    after a restart are not observed (their message's time is not stored)."""
 
     def __init__(
         self,
@@ -57,12 +65,16 @@ class Deliverer:
         tags: TagBook | None = None,
         mailer: Callable[[], Mailer | None] = lambda: None,
         backoff: float = 0.5,
+        metrics: Metrics | None = None,
     ):
         self.transport = transport
         self.clock = clock
         self.tags = tags
         self.mailer = mailer  # read at each send: the configured mailer may change
         self.backoff = backoff
+        self.metrics = metrics
+        # txn_id of an answer → when the message it answers was sent (origin_server_ts).
+        self._answering: dict[str, datetime] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -76,14 +88,26 @@ class Deliverer:
     def wake(self) -> None:
         self._wake.set()
 
-    def offer(self, rows: Sequence[OutboxItem], first_room: str | None = None) -> None:
+    def offer(
+        self,
+        rows: Sequence[OutboxItem],
+        first_room: str | None = None,
+        since: datetime | None = None,
+    ) -> None:
         """Send rows just committed. Those of `first_room` (where the event came from: the
-        client is waiting there) go first; the others start once these are sent."""
+        client is waiting there) go first; the others start once these are sent. `since`:
+        when the message they answer was sent; its first row in `first_room` is the answer
+        whose latency is observed."""
         by_room: dict[str, list[OutboxItem]] = {}
         for row in rows:
             by_room.setdefault(row.room_id, []).append(row)
         lead: asyncio.Task[int] | None = None
         if first_room in by_room:
+            if since is not None and self.metrics is not None:
+                # By transaction id: a busy room's worker reads the row back from the table.
+                self._answering[by_room[first_room][0].txn_id] = since
+                if len(self._answering) > _LATENCY_MEMORY:
+                    del self._answering[next(iter(self._answering))]
             lead = self._give(first_room, by_room.pop(first_room), after=None)
         for room_id, items in by_room.items():
             self._give(room_id, items, after=lead)
@@ -205,6 +229,7 @@ class Deliverer:
                 # server to come back (replies pending during an outage are sent after it).
                 if not error.retryable and item.attempts >= MAX_ATTEMPTS:
                     item.failed = True
+                    self._answering.pop(item.txn_id, None)
                     await _store(item, "attempts", "failed")
                     log.warning(
                         "outbox item %s to %s failed after %d attempt(s): %s",
@@ -230,6 +255,7 @@ class Deliverer:
                 # deduplicated by the homeserver) so that its after-send hook runs.
                 self._recent.pop(item.txn_id, None)
                 raise
+            self._observe_answer(item)
             await self._after_sent(item, event_id)
             self.sent += 1
             return True
@@ -280,9 +306,16 @@ class Deliverer:
         self._remember(item.txn_id)
         if rows:
             self.offer(rows)
+        if self.metrics is not None:
+            self.metrics.count_mail(sent)
         if sent:
             self.sent += 1
         return True  # either way the queue goes on: a failed mail is reported, not retried
+
+    def _observe_answer(self, item: OutboxItem) -> None:
+        since = self._answering.pop(item.txn_id, None)
+        if since is not None and self.metrics is not None and item.sent_at is not None:
+            self.metrics.observe_answer((item.sent_at - since).total_seconds())
 
     async def _resolve(self, target: str | None) -> str | None:
         if target is None:

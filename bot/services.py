@@ -13,16 +13,14 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 from zoneinfo import ZoneInfo
 
-from prometheus_client import CollectorRegistry, Counter
-
 from bot.config import Config
 from bot.i18n import Catalogs, Translator, normalize_locale
 from bot.identity import Identity
+from bot.metrics import Metrics
 from bot.ports import Transport
 from bot.rules import BusinessCalendar
 
@@ -37,25 +35,6 @@ if TYPE_CHECKING:
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass
-class Metrics:
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
-
-    def __post_init__(self) -> None:
-        self.events = Counter(
-            "support_bot_events", "Matrix events handled", ["kind"], registry=self.registry
-        )
-        self.errors = Counter(
-            "support_bot_handler_errors", "Handler errors (apologised for)", registry=self.registry
-        )
-        self.tickets = Counter(
-            "support_bot_requests_opened",
-            "Tickets, questions and quotes opened",
-            ["kind"],
-            registry=self.registry,
-        )
 
 
 class JobRunner(Protocol):
@@ -99,6 +78,7 @@ class Services:
             timezone=config.service.timezone,
             day_end=config.service.day_end,
             day_start=config.service.day_start,
+            subdivision=config.service.subdivision,
         )
         self.identity = Identity(config, transport, staff_room_id)
         self.http = http
@@ -134,8 +114,9 @@ class Services:
     def count_event(self, kind: str) -> None:
         self.metrics.events.labels(kind=kind).inc()
 
-    def count_error(self) -> None:
-        self.metrics.errors.inc()
+    def count_error(self, handler: str) -> None:
+        """A handler (by its function name) or a background job failed and was apologised for."""
+        self.metrics.count_error(handler)
 
 
 Sweeper = Callable[[Services, datetime], Awaitable[None]]

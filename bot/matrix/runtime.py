@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from bot.ports import TransportError
@@ -49,9 +50,8 @@ class Backoff:
 
 @dataclass(slots=True)
 class ShellStats:
-    """Counters for metrics and tests."""
+    """Counters for metrics and tests (`bot.metrics` reads them at each scrape)."""
 
-    syncs: int = 0
     sync_failures: int = 0
     batches: int = 0
     batch_failures: int = 0
@@ -61,6 +61,22 @@ class ShellStats:
     undecryptable: int = 0
     late_decrypted: int = 0
     last_progress: float | None = None  # time.monotonic() of the last sync answer or commit
+    last_sync: float | None = None  # time.monotonic() of the last successful sync answer
+    started: float = field(default_factory=time.monotonic)  # when the shell was built
+    _syncs: int = 0
+
+    @property
+    def syncs(self) -> int:
+        """Successful sync answers."""
+        return self._syncs
+
+    @syncs.setter
+    def syncs(self, value: int) -> None:
+        # The sync loop counts each successful answer here (`syncs += 1`): its time is taken
+        # with it, for "seconds since the last successful sync" (`last_progress` also moves
+        # when a batch is committed).
+        self._syncs = value
+        self.last_sync = time.monotonic()
 
 
 class Waiter:

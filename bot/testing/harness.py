@@ -212,6 +212,7 @@ class BotHarness:
             self.clock,
             tags=SentTags(),
             mailer=lambda: self.services.mailer,
+            metrics=self.services.metrics,
             backoff=0.01,  # a dead test SMTP server is given up in a moment
         )
         self.dispatcher = Dispatcher(

@@ -1,12 +1,12 @@
-"""The bot's HTTP side (aiohttp): health, metrics, consent pages and staff calendar feeds.
+"""The bot's HTTP side (aiohttp): health, consent pages and staff calendar feeds on the public
+listener (`[web] listen`), and the Prometheus metrics on a listener of their own.
 
-Routes:
+Routes of the public application (`build_web_app`):
 
 * `GET /healthz` — 200 `{"status": "ok", "db": "ok", "matrix": "ok"}`; 503 when the database
   does not answer (`"db": "error"`) or the sync loop has not moved for minutes
   (`"matrix": "stalled"`: stuck on a batch, or the homeserver unreachable). `"matrix"` is
   `"starting"` until the first sync answer (still 200: the process is up);
-* `GET /metrics` — Prometheus text from the registry passed in (nothing global);
 * `GET /confirm/{token}` — the consent page, or a page saying why the link cannot be used;
   never changes anything (mail scanners and link previews open links);
 * `POST /confirm/{token}` — the page's button (with its CSRF field): records the consent,
@@ -15,6 +15,12 @@ Routes:
 
 Tokens appear only in URLs: the access log written here replaces them with `…`, and nothing
 else logs them.
+
+The metrics application (`build_metrics_app`, on `[metrics] listen`, loopback by default)
+serves `GET /metrics` only: Prometheus text (or OpenMetrics when asked) from the registry
+passed in (nothing global), after awaiting `refresh` for the figures read at scrape. It is
+apart from the public listener because the figures (queue length, errors by handler) are
+for the operator, not for whoever reaches the confirmation pages.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
@@ -53,6 +60,7 @@ from bot.web import pages
 
 __all__ = [
     "OnConfirmed",
+    "build_metrics_app",
     "build_web_app",
     "confirmation_link",
     "feed_link",
@@ -103,7 +111,6 @@ class _Web:
         self.sync_state = sync_state
         self.config = config
         self.catalogs = catalogs
-        self.registry = registry
         self.on_confirmed = on_confirmed
         self.clock = clock
         self.tz = ZoneInfo(config.service.timezone)
@@ -149,7 +156,6 @@ def build_web_app(
     app[_WEB] = _Web(config, catalogs, registry, on_confirmed, clock, sync_state)
     app.on_response_prepare.append(_security_headers)
     app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/metrics", _metrics)
     app.router.add_get("/confirm/{token}", _confirm_page)
     app.router.add_post("/confirm/{token}", _confirm_post)
     app.router.add_get("/calendar/{token}.ics", _calendar)
@@ -184,7 +190,7 @@ async def _security_headers(request: web.Request, response: StreamResponse) -> N
         response.headers.setdefault(name, value)
 
 
-# -- health and metrics -----------------------------------------------------------------------
+# -- health -----------------------------------------------------------------------------------
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -202,12 +208,6 @@ async def _healthz(request: web.Request) -> web.Response:
         body["status"] = "error"
         return web.json_response(body, status=503)
     return web.json_response(body)
-
-
-async def _metrics(request: web.Request) -> web.Response:
-    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    body = encoder(request.app[_WEB].registry)
-    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 # -- consent pages ----------------------------------------------------------------------------
@@ -356,6 +356,40 @@ def feed_link(public_url: str, token: str) -> str:
     return f"{public_url.rstrip('/')}/calendar/{token}.ics"
 
 
+# -- metrics ----------------------------------------------------------------------------------
+
+
+Refresh = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Scrape:
+    registry: CollectorRegistry
+    refresh: Refresh | None
+
+
+_SCRAPE = web.AppKey("support_bot_scrape", _Scrape)
+
+
+def build_metrics_app(
+    registry: CollectorRegistry, refresh: Refresh | None = None
+) -> web.Application:
+    """`GET /metrics` from `registry`; `refresh` runs before each scrape is encoded (it reads
+    the figures kept in the database) and handles its own failures."""
+    app = web.Application()
+    app[_SCRAPE] = _Scrape(registry, refresh)
+    app.router.add_get("/metrics", _metrics)
+    return app
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    scrape = request.app[_SCRAPE]
+    if scrape.refresh is not None:
+        await scrape.refresh()
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return web.Response(body=encoder(scrape.registry), headers={"Content-Type": content_type})
+
+
 # -- serving ----------------------------------------------------------------------------------
 
 
@@ -372,10 +406,17 @@ def _split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def start_web(app: web.Application, listen: str) -> web.AppRunner:
-    """Serve `app` on `listen` ("host:port"; port 0 picks a free one, see `runner.addresses`)."""
+async def start_web(
+    app: web.Application, listen: str, *, name: str = "web", access_log: bool = True
+) -> web.AppRunner:
+    """Serve `app` on `listen` ("host:port"; port 0 picks a free one, see `runner.addresses`).
+    Without `access_log` requests are not logged (a scrape every 15 s would drown the log)."""
     host, port = _split_listen(listen)
-    runner = web.AppRunner(app, access_log_class=_AccessLogger)
+    runner = (
+        web.AppRunner(app, access_log_class=_AccessLogger)
+        if access_log
+        else web.AppRunner(app, access_log=None)
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:
@@ -383,7 +424,7 @@ async def start_web(app: web.Application, listen: str) -> web.AppRunner:
     except BaseException:
         await runner.cleanup()
         raise
-    log.info("web: listening on %s", ", ".join(map(str, runner.addresses)))
+    log.info("%s: listening on %s", name, ", ".join(map(str, runner.addresses)))
     return runner
 
 

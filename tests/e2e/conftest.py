@@ -178,6 +178,9 @@ listen = "127.0.0.1:{free_port()}"
 public_url = "http://127.0.0.1:9"
 secret = "{secrets.token_hex(20)}"
 
+[metrics]
+listen = "127.0.0.1:{free_port()}"
+
 [video]
 provider = "jitsi"
 

@@ -1,4 +1,5 @@
-"""The bot's HTTP endpoints besides the consent pages: health, metrics, staff calendar feeds."""
+"""The bot's HTTP endpoints besides the consent pages: health and staff calendar feeds on the
+public listener, metrics on a listener of their own."""
 
 from __future__ import annotations
 
@@ -21,7 +22,14 @@ from bot.i18n import Catalogs
 from bot.storage.db import close_db, open_db
 from bot.storage.models import Booking, Client, StaffFeed, Ticket, UserPref
 from bot.tokens import new_token, token_hash
-from bot.web.app import build_web_app, feed_link, issue_staff_feed_token, start_web, stop_web
+from bot.web.app import (
+    build_metrics_app,
+    build_web_app,
+    feed_link,
+    issue_staff_feed_token,
+    start_web,
+    stop_web,
+)
 
 SECRET = "test-secret-0123456789abcdef"
 NOW = datetime(2026, 3, 10, 9, 0, tzinfo=UTC)
@@ -33,6 +41,8 @@ class Server:
     base: str
     registry: CollectorRegistry
     sync: dict[str, str]  # what the Matrix sync loop reports to /healthz
+    metrics: str  # the metrics listener, apart from the public one
+    refreshes: list[None]  # one per scrape: the figures read from the database at scrape
 
 
 @pytest_asyncio.fixture
@@ -67,16 +77,32 @@ async def server(db_url: str) -> AsyncIterator[Server]:
     )
     runner = await start_web(app, config.web.listen)
     host, port = runner.addresses[0][:2]
+    refreshes: list[None] = []
+
+    async def refresh() -> None:
+        refreshes.append(None)
+
+    metrics_runner = await start_web(
+        build_metrics_app(registry, refresh), "127.0.0.1:0", name="metrics", access_log=False
+    )
+    metrics_host, metrics_port = metrics_runner.addresses[0][:2]
     try:
-        yield Server(f"http://{host}:{port}", registry, sync)
+        yield Server(
+            f"http://{host}:{port}",
+            registry,
+            sync,
+            f"http://{metrics_host}:{metrics_port}",
+            refreshes,
+        )
     finally:
+        await stop_web(metrics_runner)
         await stop_web(runner)
         await close_db()
         EXECUTOR_CACHE.clear()
 
 
-async def get(url: str) -> tuple[int, bytes, Any]:
-    async with aiohttp.ClientSession() as session, session.get(url) as response:
+async def get(url: str, **headers: str) -> tuple[int, bytes, Any]:
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as response:
         return response.status, await response.read(), response.headers
 
 
@@ -96,16 +122,26 @@ async def test_healthz_is_503_when_the_sync_loop_is_stalled(server: Server) -> N
     assert (status, body) == (503, b'{"status": "error", "db": "ok", "matrix": "stalled"}')
 
 
+async def test_the_public_listener_does_not_serve_metrics(server: Server) -> None:
+    status, _, _ = await get(f"{server.base}/metrics")
+    assert status == 404
+    status, _, _ = await get(f"{server.base}/healthz")  # health stays public
+    assert status == 200
+
+
 async def test_metrics_are_prometheus_text_from_the_given_registry(server: Server) -> None:
     await get(f"{server.base}/healthz")
-    status, body, headers = await get(f"{server.base}/metrics")
+    status, body, headers = await get(f"{server.metrics}/metrics")
     assert status == 200
     assert headers["Content-Type"].startswith("text/plain")
+    assert len(server.refreshes) == 1  # the database figures are read for each scrape
     text = body.decode()
     assert "# TYPE support_bot_http_requests_total counter" in text
     assert (
         'support_bot_http_requests_total{method="GET",route="/healthz",status="200"} 1.0' in text
     )
+    # The metrics listener's own requests are neither counted nor served elsewhere.
+    assert 'route="/metrics"' not in text
     # Nothing went to the process-wide registry.
     assert (
         prometheus_client.REGISTRY.get_sample_value(
@@ -121,8 +157,18 @@ async def test_metrics_can_include_the_bot_s_own_collectors(server: Server) -> N
         "support_bot_open_tickets", "Open tickets.", registry=server.registry
     )
     gauge.set(3)
-    _, body, _ = await get(f"{server.base}/metrics")
+    _, body, _ = await get(f"{server.metrics}/metrics")
     assert "support_bot_open_tickets 3.0" in body.decode()
+
+
+async def test_metrics_speak_openmetrics_when_asked(server: Server) -> None:
+    await get(f"{server.base}/healthz")
+    accept = "application/openmetrics-text; version=1.0.0"
+    status, body, headers = await get(f"{server.metrics}/metrics", Accept=accept)
+    assert status == 200
+    assert headers["Content-Type"].startswith("application/openmetrics-text")
+    assert body.decode().endswith("# EOF\n")
+    assert "support_bot_http_requests_total{" in body.decode()
 
 
 async def _booking(ref: str, start: datetime, *, status: str = "active", **extra: Any) -> Booking:
