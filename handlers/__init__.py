@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 
-from bot.dispatch import Router
+from bot.routing import Router
 from bot.services import Sweeper
 from handlers.state import load_state
 

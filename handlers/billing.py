@@ -16,10 +16,10 @@ from typing import Any
 
 from bot import rules
 from bot.cards import defuse
-from bot.dispatch import Context, DomainError, Router
 from bot.domain import tickets as lifecycle
 from bot.domain.tickets import Channel, Refusal
 from bot.i18n import N_, NP_, Msg
+from bot.routing import Context, DomainError, Router
 from bot.storage import repo
 from bot.storage.models import TimeLog
 from handlers.common import bad_duration, change, locked_staff_ticket, rest_of_args, tell_client

@@ -38,10 +38,10 @@ from tortoise.exceptions import IntegrityError
 from tortoise.expressions import Q
 from tortoise.transactions import in_transaction
 
-from bot.dispatch import Context, DomainError, Router, Situation
 from bot.domain.slots import Busy, Slot, free_slots, parse_slot_choice
 from bot.events import IncomingReaction
 from bot.i18n import N_, NP_, Msg
+from bot.routing import Context, DomainError, Router, Situation
 from bot.services import Services
 from bot.storage import repo
 from bot.storage.models import Block, Booking, Reminder, SlotOffer, Ticket

@@ -22,9 +22,9 @@ from datetime import datetime
 
 from tortoise.transactions import in_transaction
 
-from bot.dispatch import Context, DomainError, Router
 from bot.domain.slots import SlotInputError, parse_block
 from bot.i18n import N_, Msg
+from bot.routing import Context, DomainError, Router
 from bot.storage.models import Block, Booking, BotState
 from handlers.common import ACTIVE_BOOKING, invite_back, staff_private
 

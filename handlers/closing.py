@@ -21,11 +21,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.dispatch import Context, DomainError, Router
 from bot.domain import tickets as lifecycle
 from bot.domain.tickets import Channel, Kind, Refusal, Status, TicketState
 from bot.events import IncomingReaction
 from bot.i18n import N_, Msg
+from bot.routing import Context, DomainError, Router
 from bot.storage import repo
 from bot.storage.models import Client, OutboxItem, Ticket
 from handlers.common import (

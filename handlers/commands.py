@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bot.dispatch import Context, Router
 from bot.i18n import N_, SUPPORTED_LOCALES, Msg, normalize_locale
+from bot.routing import Context, Router
 from bot.storage.repo import set_locale
 
 router = Router("commands")

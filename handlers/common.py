@@ -6,11 +6,11 @@ import logging
 import re
 
 from bot.cards import card_view, render_card
-from bot.dispatch import Context, DomainError
 from bot.domain.bridge import bridged_nick
 from bot.domain.tickets import Refusal, Status, TicketState
 from bot.i18n import N_, NP_, Msg, Translator
 from bot.ports import TransportError
+from bot.routing import Context, DomainError
 from bot.storage import repo
 from bot.storage.models import Booking, Client, Ticket
 from handlers.effects import FreeCall

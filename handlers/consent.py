@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING
 
 from bot import rules
 from bot.consent import AUDIT_ACTION, NoAddress, client_contact, prepare_consent
-from bot.dispatch import Context, DomainError, Router
 from bot.domain import tickets as lifecycle
 from bot.domain.tickets import Refusal, Status, TicketState
 from bot.events import IncomingReaction, IncomingRedaction
 from bot.i18n import N_, Msg
+from bot.routing import Context, DomainError, Router
 from bot.storage import repo
 from bot.storage.models import AuditEntry, Reaction, Ticket
 from handlers.common import (

@@ -51,7 +51,6 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from bot.cards import CHANNEL_LABELS, KIND_LABELS, STATUS_LABELS, defuse
-from bot.dispatch import Context, DomainError, Router, Situation
 from bot.domain.intake import (
     CATEGORIES,
     AddToTicket,
@@ -81,6 +80,7 @@ from bot.domain.tickets import (
 )
 from bot.i18n import N_, Msg
 from bot.ports import TransportError
+from bot.routing import Context, DomainError, Router, Situation
 from bot.storage import repo
 from bot.storage.models import Client, Conversation, Ticket, TicketNote
 from handlers.common import (

@@ -33,10 +33,10 @@ from tortoise.expressions import Q
 
 from bot.calendar_ics import invitation_ics
 from bot.cards import CHANNEL_LABELS
-from bot.dispatch import Context
 from bot.domain.bridge import bridged_nick
 from bot.domain.tickets import ACTIVE_STATUSES, Channel, Kind, Status
 from bot.i18n import N_, Msg, Translator
+from bot.routing import Context
 from bot.services import Services
 from bot.storage import repo
 from bot.storage.models import Booking, Client, Reminder, Ticket

@@ -4,8 +4,8 @@ anonymous billing figures. Stateless on purpose: the confirmation is the explici
 
 from __future__ import annotations
 
-from bot.dispatch import Context, Router
 from bot.i18n import N_, Msg
+from bot.routing import Context, Router
 from bot.storage import repo
 from bot.storage.models import Client
 

@@ -40,7 +40,6 @@ from bot.cards import (
     defuse,
     render_queue,
 )
-from bot.dispatch import Context, DomainError, Router, Situation
 from bot.domain.tickets import (
     ACTIVE_STATUSES,
     ENDED_STATUSES,
@@ -52,6 +51,7 @@ from bot.domain.tickets import (
 )
 from bot.events import IncomingReaction
 from bot.i18n import N_, NP_, Msg, Translator
+from bot.routing import Context, DomainError, Router, Situation
 from bot.services import Services
 from bot.storage import repo
 from bot.storage.models import AuditEntry, Client, Reaction, Ticket, TicketNote

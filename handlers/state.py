@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bot.dispatch import Context, SenderState, Situation
 from bot.domain.intake import IntakeStep
 from bot.domain.slots import parse_slot_choice
+from bot.routing import Context, SenderState, Situation
 from bot.storage.models import Client, Conversation, SlotOffer
 
 

@@ -9,10 +9,10 @@ from datetime import datetime
 
 from bot.config import Config
 from bot.consent import NoAddress, client_contact, prepare_consent
-from bot.dispatch import MAIL_QUEUE
 from bot.i18n import Catalogs
 from bot.mail import Mailer, MailError
 from bot.outbox import Deliverer
+from bot.routing import MAIL_QUEUE
 from bot.storage.models import OutboxItem, Ticket
 
 

@@ -114,7 +114,7 @@ async def test_handler_that_raises_apologises_with_reference_and_next_message_wo
     import handlers
     from bot.app import run_bot
     from bot.config import load_config
-    from bot.dispatch import CommandSpec
+    from bot.routing import CommandSpec
 
     real_build = handlers.build_router
 

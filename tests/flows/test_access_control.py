@@ -21,9 +21,10 @@ import pytest
 from tortoise.models import Model
 
 from bot.consent import issue_confirmation
-from bot.dispatch import STAFF_ONLY, Context, addressed
+from bot.dispatch import STAFF_ONLY
 from bot.domain.tickets import Channel, Kind, Status, initial_state, sla_business_days
 from bot.i18n import Msg
+from bot.routing import Context, addressed
 from bot.storage import repo
 from bot.storage.models import (
     AuditEntry,

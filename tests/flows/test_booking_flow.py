@@ -22,8 +22,8 @@ import pytest
 import yarl
 
 from bot.config import Config
-from bot.dispatch import Context
 from bot.matrix.inbound import IncomingText
+from bot.routing import Context
 from bot.storage import repo
 from bot.storage.models import (
     AuditEntry,
@@ -305,7 +305,7 @@ async def test_a_number_during_an_intake_is_left_to_the_intake(bot):
 
 
 def _text_ctx(bot: BotHarness, room: str, sender: str, text: str) -> Context:
-    from bot.dispatch import Sender
+    from bot.identity import Sender
 
     event = IncomingText(
         event_id=bot.next_event_id(),

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from bot.dispatch import CommandSpec, Context
 from bot.matrix.inbound import IncomingUnreadable
+from bot.routing import CommandSpec, Context
 from bot.storage.models import HandledEvent, OutboxItem
 from bot.testing.harness import STAFF, STAFF_ROOM, BotHarness
 from bot.testing.harness import test_config as make_config

@@ -16,9 +16,9 @@ from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 import bot.metrics
-from bot.dispatch import MAIL_QUEUE, CommandSpec, Context
 from bot.mail import Mail, MailError
 from bot.matrix.runtime import ShellStats
+from bot.routing import MAIL_QUEUE, CommandSpec, Context
 from bot.storage.models import Client, OutboxItem, Ticket, UndecryptedEvent
 from bot.testing.harness import BotHarness
 from bot.version import version
