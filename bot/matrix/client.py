@@ -73,6 +73,7 @@ class MatrixShell:
             staff_room_id=lambda: self.staff_room_id,
             facts=facts,
             stats=self.stats,
+            clock=clock,
         )
         self._sync = SyncLoop(
             matrix,
