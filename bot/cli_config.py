@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import os
+import ssl
+import sys
 from collections.abc import Mapping
 
 from bot.config import (
+    Config,
     ConfigError,
     parse_config_file,
     read_config_file,
     settings_of,
     summarize,
 )
+from bot.mail import config_warnings, tls_mode
 
 
 def check_config_command(path: str, env: Mapping[str, str] | None = None) -> int:
     """Print every problem as `key: message` and return 1; or print the summary, then every
     key with its value and where it came from (the file, a variable, or the default), and
-    return 0. Secrets are shown as "set" only.
+    return 0. Secrets are shown as "set" only. Warnings (`warning: key: message`, on standard
+    error) do not change the status: a deprecated key, or e-mail sent in clear text to a
+    server that is not on this machine.
 
     Reads `SUPPORT_BOT_*` variables from the process environment (unless `env` is given), as
     `run` does, so a secret provided there counts.
@@ -30,6 +36,12 @@ def check_config_command(path: str, env: Mapping[str, str] | None = None) -> int
         for key, message in error.problems:
             print(f"{key}: {message}")
         return 1
+    # The parser reads no files; what the config names is checked here, as `run` would.
+    problems = _file_problems(config)
+    for key, message in problems:
+        print(f"{key}: {message}")
+    if problems:
+        return 1
     print(summarize(config))
     print(f"file: {path}" if raw is not None else f"file: none ({path} not found)")
     settings = settings_of(config, raw, env)
@@ -41,4 +53,21 @@ def check_config_command(path: str, env: Mapping[str, str] | None = None) -> int
         if origin not in ("file", "default"):
             origin = f"environment: {origin}"
         print(f"  {line:<{min(width, 60)}}  ({origin})")
+    for key, message in config_warnings(config.mail):
+        print(f"warning: {key}: {message}", file=sys.stderr)
     return 0
+
+
+def _file_problems(config: Config) -> list[tuple[str, str]]:
+    """Files the config names that the bot could not use."""
+    problems: list[tuple[str, str]] = []
+    ca_file = config.mail.ca_file
+    if ca_file is not None and tls_mode(config.mail) != "none":
+        try:
+            ssl.create_default_context(cafile=ca_file)
+        except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
+            reason = getattr(error, "strerror", None) or type(error).__name__
+            problems.append(
+                ("mail.ca_file", f"cannot be read as PEM CA certificates ({ca_file}): {reason}")
+            )
+    return problems

@@ -4,6 +4,13 @@ Each command is an async function taking the parsed `Config`; it opens the datab
 (migrating it if needed), prints to stdout (problems to stderr) and returns the exit code:
 0 done, 1 not found, 2 bad argument. The output is for operators, in English; times are shown
 in the service time zone.
+
+What clients wrote reaches the operator's terminal: every control character in it (C0 but
+newline and tab, DEL, C1, the bidirectional overrides, embeddings, isolates and marks) is
+shown escaped (`\\x1b`, `\\u202e`), so that no text can set the clipboard (OSC 52), retitle
+the window or reorder what is shown. One-line fields escape newlines and tabs too (a display
+name must not add lines to a table); descriptions and notes keep them. JSON keeps the data
+exact: those characters are written as `\\uXXXX` escapes, which decode to the same text.
 """
 
 from __future__ import annotations
@@ -18,9 +25,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from bot.config import Config
+from bot.i18n import Catalogs, Msg
 from bot.storage import repo
 from bot.storage.db import close_db, open_db
 from bot.storage.models import AuditEntry, Ticket, TicketNote, TimeLog
+from handlers import privacy
 
 __all__ = [
     "client_erase",
@@ -38,6 +47,11 @@ EXIT_USAGE = 2
 REPORT_FORMATS = ("csv", "json")
 _MONTH = re.compile(r"(\d{4})-(\d{2})")
 _LIST_COLUMNS = ("ref", "kind", "status", "client", "created", "sla due")
+# What `_line` and `_text` escape (see the module docstring); JSON escapes C0 itself.
+_TERMINAL_CONTROLS = "\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+_CONTROLS_IN_TEXT = re.compile(f"[\x00-\x08\x0b-\x1f{_TERMINAL_CONTROLS}\u2028\u2029]")
+_CONTROLS_IN_LINE = re.compile(f"[\x00-\x1f{_TERMINAL_CONTROLS}\u2028\u2029]")
+_CONTROLS_IN_JSON = re.compile(f"[{_TERMINAL_CONTROLS}\u2028\u2029]")
 
 
 @asynccontextmanager
@@ -57,24 +71,47 @@ def _short(moment: datetime | None, tz: ZoneInfo) -> str:
     return "-" if moment is None else moment.astimezone(tz).strftime("%Y-%m-%d %H:%M")
 
 
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match[0]
+    if char in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _line(value: object) -> str:
+    """`value` as one line for a terminal: every control character escaped, line breaks too."""
+    return _CONTROLS_IN_LINE.sub(_escaped, str(value))
+
+
+def _text(value: object) -> str:
+    """Free text for a terminal: control characters escaped, newlines and tabs kept."""
+    return _CONTROLS_IN_TEXT.sub(_escaped, str(value))
+
+
 def _error(message: str) -> None:
-    print(message, file=sys.stderr)
+    print(_text(message), file=sys.stderr)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [
-        max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=False)
-    ]
+    # Escaped before measuring: an escape is wider than the character it stands for.
+    cells = [[_line(cell) for cell in row] for row in (header, *rows)]
+    widths = [max(len(cell) for cell in column) for column in zip(*cells, strict=True)]
     lines = [
-        "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in (header, *rows)
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in cells
     ]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
 
 
 def _dump(data: Any) -> None:
-    print(json.dumps(data, ensure_ascii=False, indent=2))
+    # `\uXXXX` for what json leaves raw with ensure_ascii=False: still the same data.
+    text = json.dumps(data, ensure_ascii=False, indent=2)
+    print(_CONTROLS_IN_JSON.sub(lambda m: f"\\u{ord(m[0]):04x}", text))
 
 
 # --- tickets -------------------------------------------------------------------------------
@@ -132,29 +169,28 @@ async def tickets_show(config: Config, ref: str) -> int:
             value = (
                 f"{value['start']} → {value['end']} with {value['staff']} ({value['provider']})"
             )
-        print(f"{key.ljust(width)}  {'-' if value is None else value}")
+        print(f"{key.ljust(width)}  {'-' if value is None else _line(value)}")
     print("\nDescription:")
-    print(ticket.description)
+    print(_text(ticket.description))
     if notes:
         print("\nNotes:")
         for note in notes:
-            print(f"  {_short(note.at, tz)}  {note.author_key}: {note.text}")
+            print(f"  {_short(note.at, tz)}  {_line(note.author_key)}: {_text(note.text)}")
     if logs:
         print("\nTime logged:")
         for entry in logs:
-            suffix = f"  {entry.note}" if entry.note else ""
-            print(f"  {_short(entry.at, tz)}  {entry.staff}  {entry.minutes} min{suffix}")
+            suffix = f"  {_text(entry.note)}" if entry.note else ""
+            print(f"  {_short(entry.at, tz)}  {_line(entry.staff)}  {entry.minutes} min{suffix}")
     print("\nHistory:")
     if not history:
         print("  (none)")
     for entry in history:
-        change = entry.to_status or ""
+        change = _line(entry.to_status or "")
         if entry.from_status and entry.from_status != entry.to_status:
-            change = f"{entry.from_status} → {entry.to_status}"
-        detail = f"  ({entry.detail})" if entry.detail else ""
-        print(
-            f"  {_short(entry.at, tz)}  {entry.actor}  {entry.action}  {change}{detail}".rstrip()
-        )
+            change = f"{_line(entry.from_status)} → {_line(entry.to_status)}"
+        detail = f"  ({_text(entry.detail)})" if entry.detail else ""
+        actor, action = _line(entry.actor), _line(entry.action)
+        print(f"  {_short(entry.at, tz)}  {actor}  {action}  {change}{detail}".rstrip())
     return EXIT_OK
 
 
@@ -178,7 +214,8 @@ async def tickets_export(config: Config, *, as_json: bool = True) -> int:
         flat.append(item)
     columns = [f for f in repo.TICKET_JSON_FIELDS if f != "booking"]
     columns += ["booking_start", "booking_end", "booking_provider", "booking_staff"]
-    sys.stdout.write(repo.rows_csv(columns, flat))
+    # Lines end in "\n" alone (rows_csv), which `_text` keeps: the CSV stays CSV.
+    sys.stdout.write(_text(repo.rows_csv(columns, flat)))
     return EXIT_OK
 
 
@@ -210,7 +247,7 @@ async def report(config: Config, month: str, fmt: str = "csv") -> int:
     if fmt == "json":
         _dump(rows)
     else:
-        sys.stdout.write(repo.report_csv(rows))
+        sys.stdout.write(_text(repo.report_csv(rows)))
     return EXIT_OK
 
 
@@ -229,12 +266,24 @@ async def client_export(config: Config, matrix_id: str) -> int:
 
 
 async def client_erase(config: Config, matrix_id: str) -> int:
-    """Erase a client's personal data, keeping the anonymised billing figures."""
+    """Erase a client's personal data, keeping the anonymised billing figures. Their staff
+    cards are edited to a placeholder and the bot's messages about them redacted by the
+    running bot (outbox rows); the cards are found in the configured staff room when it is a
+    room id, else where the bot's sent cards are recorded."""
     key = matrix_id.strip()
+    staff = Catalogs.load(default=config.service.default_locale).get(None)
+    tz = _tz(config)
+    room = config.matrix.staff_room
     async with _database(config):
-        erased = await repo.erase_client(key, now=datetime.now(UTC), actor="cli")
+        erased = await repo.erase_client(
+            key,
+            now=datetime.now(UTC),
+            actor="cli",
+            staff_room=room if room.startswith("!") else None,
+            card_text=lambda ref: staff.render(Msg(privacy.ERASED_CARD, {"ref": ref}), tz),
+        )
     if not erased:
         _error(f"No client {key!r}.")
         return EXIT_NOT_FOUND
-    print(f"Erased the personal data of {key}; billing figures kept.")
+    print(f"Erased the personal data of {_line(key)}; billing figures kept.")
     return EXIT_OK

@@ -14,28 +14,139 @@ Recipients are written in their ASCII form (`smtp_address`): an internationalise
 becomes its IDNA name (`jean@xn--exmple-cua.org`), which every server accepts. A local part
 outside ASCII (`élise@…`) has no such form: it is kept, and aiosmtplib then asks the server for
 SMTPUTF8; a server without it refuses the mail (`MailError`), the one case left to the server.
+
+Transport security (`[mail] tls`, resolved by `tls_mode`). Mails carry consent links and the
+login carries the SMTP password, so clear text is never chosen silently:
+
+* not set (the default): STARTTLS whenever the server offers it. A server that is not on this
+  machine (`is_local_host`) and offers none gets nothing: the mail fails rather than cross the
+  network in clear, where a man in the middle could also have removed the offer. Port 465
+  means TLS from the first byte, as before;
+* `"starttls"`: STARTTLS required, whatever the host; `"implicit"`: TLS from the first byte;
+* `"none"`: never TLS, for a relay on this machine (check-config warns about any other host).
+
+Certificates are always verified, against the system's CAs or `[mail] ca_file`. The login
+(`username`) happens only once the connection is in its final state, so a password is never
+sent in clear unless `"none"` or a local relay says so. The old boolean `starttls` is read as a
+deprecated alias: true is `"starttls"`, false is the default above (it used to turn STARTTLS
+off, which is how the example sent links in clear); `config_warnings` says so.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import logging
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
+from typing import Literal, cast
 
 import aiosmtplib
 from email_validator import EmailNotValidError, validate_email
 
 from bot.config import MailConfig
 
-__all__ = ["IMPLICIT_TLS_PORT", "Mail", "MailError", "Mailer", "build_message", "smtp_address"]
+__all__ = [
+    "IMPLICIT_TLS_PORT",
+    "Mail",
+    "MailError",
+    "Mailer",
+    "TlsMode",
+    "build_message",
+    "config_warnings",
+    "is_local_host",
+    "smtp_address",
+    "tls_mode",
+]
 
 log = logging.getLogger(__name__)
 
-#: SMTP submission over implicit TLS ("SMTPS"); any other port starts in clear text.
+#: SMTP submission over implicit TLS ("SMTPS"): the default on this port is TLS from the start.
 IMPLICIT_TLS_PORT = 465
+
+#: `[mail] tls` once resolved; "default" is STARTTLS when offered, required off this machine.
+TlsMode = Literal["starttls", "implicit", "none", "default"]
+
+
+def tls_mode(config: MailConfig) -> TlsMode:
+    """What protects the connection: `tls` when set, else the deprecated `starttls = true`,
+    else TLS from the start on port 465, else the default (see the module docstring)."""
+    if config.tls is not None:  # one of MAIL_TLS: the parser checked it
+        return cast(TlsMode, config.tls)
+    if config.starttls:
+        return "starttls"
+    if config.port == IMPLICIT_TLS_PORT:
+        return "implicit"
+    return "default"
+
+
+def is_local_host(host: str) -> bool:
+    """Whether `host` names this machine without any network in between: `localhost` (and
+    `*.localhost`, RFC 6761) or a loopback address. No DNS: a name that merely resolves to
+    a loopback address could resolve elsewhere tomorrow."""
+    name = host.strip().rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def config_warnings(config: MailConfig) -> list[tuple[str, str]]:
+    """(key, message) for what the bot accepts but an operator must hear of: the deprecated
+    `starttls`, and clear text to a server that is not on this machine. check-config prints
+    them, `Mailer` logs them at start."""
+    warnings: list[tuple[str, str]] = []
+    if config.starttls is True and config.tls is None:
+        warnings.append(
+            ("mail.starttls", 'deprecated: write tls = "starttls" instead (same meaning)')
+        )
+    elif config.starttls is False and config.tls is None:
+        warnings.append(
+            (
+                "mail.starttls",
+                "deprecated, and false no longer turns STARTTLS off: the bot now uses STARTTLS"
+                ' whenever the server offers it. Remove the line (tls = "none" sends in clear,'
+                " for a relay on this machine only)",
+            )
+        )
+    if tls_mode(config) == "none" and not is_local_host(config.host):
+        what = "the SMTP password and " if config.username else ""
+        warnings.append(
+            (
+                "mail.tls",
+                f'"none" sends {what}every e-mail, consent links included, in clear to'
+                f' {config.host}, which is not this machine: use "starttls" or "implicit",'
+                " or leave tls out",
+            )
+        )
+    return warnings
+
+
+def _tls_failure(error: BaseException) -> str | None:
+    """The TLS error behind `error` (aiosmtplib wraps it in SMTPConnectError), as its class and,
+    for a certificate, OpenSSL's reason ("unable to get local issuer certificate", "Hostname
+    mismatch…"): what an operator needs to fix `ca_file` or the server, and never an address
+    of a recipient."""
+    seen: BaseException | None = error
+    for _ in range(5):  # a short chain; never a loop
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return f"{type(seen).__name__}: {seen.verify_message}"
+        if isinstance(seen, ssl.SSLError):
+            return f"{type(seen).__name__}: {seen.reason or 'TLS error'}"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+class _ClearText(Exception):
+    """The connection ended up unencrypted where `[mail] tls` requires TLS."""
 
 
 class MailError(Exception):
@@ -76,6 +187,10 @@ class Mailer:
     def __init__(self, config: MailConfig, *, timeout: float = 30.0) -> None:
         self._config = config
         self._timeout = timeout
+        self._mode = tls_mode(config)
+        self._context: ssl.SSLContext | None = None
+        for key, message in config_warnings(config):
+            log.warning("config: %s: %s", key, message)
 
     async def send(
         self,
@@ -95,24 +210,62 @@ class Mailer:
         except ValueError as exc:  # a malformed address or a line break in a header
             raise MailError(f"message refused before sending: {type(exc).__name__}") from None
         try:
-            await aiosmtplib.send(
-                message,
-                hostname=config.host,
-                port=config.port,
-                username=config.username,
-                password=config.password if config.username else None,
-                use_tls=config.port == IMPLICIT_TLS_PORT,
-                start_tls=True if config.starttls else False,
-                timeout=self._timeout,
+            await self._deliver(message)
+        except _ClearText:
+            log.warning(
+                "mail: sending %r refused: %s:%d offered no STARTTLS and [mail] tls does not"
+                " allow clear text to it (tls = %s)",
+                subject,
+                config.host,
+                config.port,
+                self._mode,
             )
+            raise MailError("SMTP delivery refused: the server offered no TLS") from None
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             code = getattr(exc, "code", None)
             detail = type(exc).__name__ + (f" {code}" if code is not None else "")
+            if (tls := _tls_failure(exc)) is not None:
+                detail = tls
             log.warning(
                 "mail: sending %r failed via %s:%d (%s)", subject, config.host, config.port, detail
             )
             raise MailError(f"SMTP delivery failed: {detail}") from None
         log.info("mail: sent %r", subject)
+
+    async def _deliver(self, message: EmailMessage) -> None:
+        """Connect as `[mail] tls` says, check the connection is encrypted where it must be,
+        then log in and send. Not `aiosmtplib.send`: it logs in as soon as it can, so a server
+        (or a man in the middle) that offers no STARTTLS would receive the password in clear.
+        """
+        config, mode = self._config, self._mode
+        client = aiosmtplib.SMTP(
+            hostname=config.host,
+            port=config.port,
+            timeout=self._timeout,
+            use_tls=mode == "implicit",
+            # None: upgrade when the server offers it; whether that was required is checked
+            # below, with a clearer error than aiosmtplib's.
+            start_tls=False if mode in ("implicit", "none") else None,
+            tls_context=None if mode == "none" else await self._tls_context(),
+        )
+        async with client:
+            encrypted = client.get_transport_info("sslcontext") is not None
+            required = mode in ("starttls", "implicit") or (
+                mode == "default" and not is_local_host(config.host)
+            )
+            if required and not encrypted:
+                raise _ClearText()
+            if config.username:
+                await client.login(config.username, config.password or "")
+            await client.send_message(message)
+
+    async def _tls_context(self) -> ssl.SSLContext:
+        """Certificates verified (host name included), against `ca_file` when given, else the
+        system's CAs; built once, in a thread (reading the CA files blocks)."""
+        if self._context is None:
+            ca_file = self._config.ca_file
+            self._context = await asyncio.to_thread(ssl.create_default_context, cafile=ca_file)
+        return self._context
 
     async def send_mail(self, mail: Mail, *, message_key: str | None = None) -> None:
         """Send `mail`; raises `MailError` when it cannot be handed to the server."""

@@ -4,13 +4,22 @@ Owns the access token, the device id (reused across restarts while its E2EE stor
 there), the store's pickle key, the key upload, the direct rooms and the staff room join.
 Each step raises `TransportError` (retryable or not) or `MatrixStartError`; retrying them is
 the caller's (`Waiter.retry`). Logs never contain tokens or passwords.
+
+Files. The store directory is its owner's alone (0700, its files 0600), made so at each start.
+The pickle key, when `matrix.pickle_key` is not configured, is generated once and kept in
+`store_path/pickle.key` (0600), not in the database: the database travels (backups, exports,
+a PostgreSQL server elsewhere) and also holds the access token. A key an older version kept
+in the database (a `BotState` row) is moved to that file once, then the row is deleted. Back
+the store directory up whole: without `pickle.key` its keys cannot be read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -42,6 +51,10 @@ DEVICE_USER = "device_user_id"  # whose device the two rows above describe
 PICKLE_KEY = "pickle_key"
 
 REQUEST_TIMEOUT = 60.0
+#: The generated pickle key's file, in the store directory.
+PICKLE_KEY_FILE = "pickle.key"
+PRIVATE_DIRECTORY_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
 
 
 class _Store(DefaultStore):
@@ -95,7 +108,7 @@ class Session:
         """Make the client over the E2EE store (created if missing); nothing is sent yet."""
         matrix = self._matrix
         store = Path(matrix.store_path)
-        await asyncio.to_thread(store.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(protect_store, store)
         client_config = AsyncClientConfig(
             store_sync_tokens=False,
             encryption_enabled=True,
@@ -115,15 +128,35 @@ class Session:
             await self.client.close()
 
     async def _pickle_key(self) -> str:
+        """The configured key; else the one in `store_path/pickle.key`, moved there from the
+        database if an older version kept it there, or generated."""
         if self._matrix.pickle_key:
             return self._matrix.pickle_key
-        stored = await get_state(PICKLE_KEY)
-        if stored:
-            return stored
-        key = secrets.token_urlsafe(32)
-        await BotState.create(key=PICKLE_KEY, value=key)
-        log.info("generated the E2EE store pickle key (kept in the database)")
-        return key
+        path = Path(self._matrix.store_path) / PICKLE_KEY_FILE
+        in_file = await asyncio.to_thread(_read_key, path)
+        in_database = await get_state(PICKLE_KEY)
+        if in_file is None:
+            in_file = in_database or secrets.token_urlsafe(32)
+            # Written (and synced) before the row goes: a crash in between leaves both, and
+            # the next start only deletes the row.
+            await asyncio.to_thread(_write_key, path, in_file)
+            log.info(
+                "%s the E2EE store pickle key into %s",
+                "moved" if in_database else "generated",
+                path,
+            )
+        if in_database == in_file:
+            await BotState.filter(key=PICKLE_KEY).delete()
+        elif in_database is not None:
+            # Someone put a key in the file by hand: the row may be the only copy of the key
+            # some store was made with, so it stays until an operator decides.
+            log.warning(
+                "the database keeps a pickle key other than %s's: the file's is used; delete"
+                " the bot_state row %r once that store is known to be the right one",
+                path,
+                PICKLE_KEY,
+            )
+        return in_file
 
     async def forget_other_account(self) -> None:
         """A database last used by another Matrix account: its session and position go."""
@@ -253,3 +286,55 @@ class Session:
             ) from error
         log.info("in the staff room %s", joined.room_id)
         return str(joined.room_id)
+
+
+def protect_store(store: Path) -> None:
+    """Create the store directory if needed; make it and what it holds its owner's alone
+    (an older version left it 0755, nio's databases 0644). Files of someone else (a mount)
+    are logged and left as they are."""
+    store.mkdir(mode=PRIVATE_DIRECTORY_MODE, parents=True, exist_ok=True)
+    _restrict(store, PRIVATE_DIRECTORY_MODE)
+    for entry in store.iterdir():
+        if entry.is_file() and not entry.is_symlink():
+            _restrict(entry, PRIVATE_FILE_MODE)
+
+
+def _restrict(path: Path, private: int) -> None:
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & ~private:
+            path.chmod(private)
+            log.info("store: %s was mode %04o, now %04o", path, mode, private)
+    except OSError as error:
+        log.warning("store: cannot make %s private (%s)", path, error.strerror or "error")
+
+
+def _read_key(path: Path) -> str | None:
+    """The key in `path`, or None when there is none; an empty file is an error (a key was
+    lost: generating another would silently orphan the store's encrypted keys)."""
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    if not text:
+        raise MatrixStartError(f"{path} is empty: restore the pickle key from a backup")
+    _restrict(path, PRIVATE_FILE_MODE)
+    return text
+
+
+def _write_key(path: Path, key: str) -> None:
+    """Write `key` to `path` (mode 0600 from its creation, never a moment readable), durably:
+    a temporary file synced, renamed over, and the directory synced."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.unlink(missing_ok=True)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+        file.write(key + "\n")
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)

@@ -1,8 +1,14 @@
-"""Opening the database and applying migrations (Tortoise's built-in migration engine)."""
+"""Opening the database and applying migrations (Tortoise's built-in migration engine).
+
+A SQLite database holds the Matrix access token and, until they are moved out, secrets of the
+end-to-end encryption store: its file is the bot user's alone (0600, `protect_sqlite_files`).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from typing import Any
 
 from tortoise import Tortoise
@@ -16,6 +22,10 @@ log = logging.getLogger(__name__)
 
 MODELS_MODULE = "bot.storage.models"
 MIGRATIONS_MODULE = "bot.storage.migrations"
+#: The mode of the SQLite database and its companion files.
+PRIVATE_FILE_MODE = 0o600
+# The files SQLite keeps beside a database (WAL mode, or a rollback journal).
+_COMPANIONS = ("-wal", "-shm", "-journal")
 
 
 class NewerDatabaseError(Exception):
@@ -44,6 +54,46 @@ def normalize_url(url: str) -> str:
     if url.startswith("sqlite://") and "synchronous=" not in url:
         return url + ("&" if "?" in url else "?") + "synchronous=NORMAL"
     return url
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file of a `sqlite://FILE[?options]` URL; None for another database or in memory."""
+    if not url.startswith("sqlite://"):
+        return None
+    path = url[len("sqlite://") :].partition("?")[0]
+    return None if path in ("", ":memory:") else path
+
+
+def protect_sqlite_files(url: str) -> None:
+    """Make a SQLite database (and its -wal, -shm, -journal) readable by its owner only.
+
+    A missing database is created here, empty (SQLite reads an empty file as a new database),
+    with mode 0600: SQLite would create it 0644 less the umask. Its -wal and -shm files are
+    created by SQLite with the database file's own mode, so they follow. An existing file
+    that others could read (made by an older version) is chmod-ed, and said so. Does nothing
+    for PostgreSQL; a file this user cannot chmod is logged, not fatal (SQLite then decides).
+    """
+    path = sqlite_path(url)
+    if path is None:
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
+    except (FileExistsError, FileNotFoundError):  # there already; or no such directory
+        pass
+    for name in (path, *(path + suffix for suffix in _COMPANIONS)):
+        try:
+            mode = stat.S_IMODE(os.stat(name).st_mode)
+            if mode & ~PRIVATE_FILE_MODE:
+                os.chmod(name, PRIVATE_FILE_MODE)
+                log.info("database: %s was mode %04o, now %04o", name, mode, PRIVATE_FILE_MODE)
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            log.warning(
+                "database: cannot make %s private (%s)",
+                name,
+                error.strerror or type(error).__name__,
+            )
 
 
 def tortoise_config(url: str) -> dict[str, Any]:
@@ -79,6 +129,7 @@ async def apply_migrations(url: str) -> list[str]:
     """Apply pending migrations; returns the names applied (empty when up to date).
 
     Raises NewerDatabaseError, before changing anything, when a newer version migrated it."""
+    protect_sqlite_files(url)  # before the first connection can create the file
     applied: list[str] = []
 
     def progress(event: str, app_label: str, name: str) -> None:
@@ -101,6 +152,7 @@ async def open_db(url: str, *, run_migrations: bool = True) -> list[str]:
     """Open the database for the bot (migrating first unless told not to).
 
     Raises NewerDatabaseError when a newer version of the bot migrated the database."""
+    protect_sqlite_files(url)
     applied = await apply_migrations(url) if run_migrations else []
     if applied:
         log.info("database: applied %d migration(s): %s", len(applied), ", ".join(applied))

@@ -11,10 +11,21 @@ Routes of the public application (`build_web_app`):
   never changes anything (mail scanners and link previews open links);
 * `POST /confirm/{token}` — the page's button (with its CSRF field): records the consent,
   then calls `on_confirmed(ticket_id)`;
-* `GET /calendar/{token}.ics` — the bookings of the staff member holding that feed token.
+* `GET /calendar/{token}.ics` — the bookings of the staff member holding that feed token,
+  moderator links included: so the holder's staff status is checked again at each fetch
+  (`is_staff`), and a feed of someone no longer staff is a 404 like an unknown token. The row
+  is kept: right after a restart the staff room is not synced yet, and a staff member by power
+  level would lose their feed for good over a fetch at that moment.
 
 Tokens appear only in URLs: the access log written here replaces them with `…`, and nothing
 else logs them.
+
+Slow or greedy clients (`start_web`, `Limits`): a connection must deliver a complete request
+head within `header_timeout` of opening or of its previous response, and a request body within
+`body_timeout`; connections are capped per client address and in total (a quarter of the
+process's file descriptors at most, so that the Matrix, SMTP and database sockets always find
+one). A connection over a cap gets a bare 503 and is closed before anything is read. Behind a
+reverse proxy every connection comes from the proxy's address: per-client limits belong there.
 
 The metrics application (`build_metrics_app`, on `[metrics] listen`, loopback by default)
 serves `GET /metrics` only: Prometheus text (or OpenMetrics when asked) from the registry
@@ -28,9 +39,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import resource
+from collections import Counter as Tally
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
@@ -59,6 +73,7 @@ from bot.tokens import check_csrf, csrf_token, looks_like_token, new_token, toke
 from bot.web import pages
 
 __all__ = [
+    "Limits",
     "OnConfirmed",
     "build_metrics_app",
     "build_web_app",
@@ -72,6 +87,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 OnConfirmed = Callable[[int], Awaitable[None]]
+IsStaff = Callable[[str], bool]
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
@@ -93,6 +109,22 @@ FEED_HISTORY = timedelta(days=90)
 HEALTH_TIMEOUT_SECONDS = 5.0
 # A consent form holds one short field; nothing legitimate posts more.
 _MAX_BODY = 16 * 1024
+#: Seconds a connection has to send a whole request head (from its opening, or from the
+#: previous response on a kept-alive connection) and a request its body.
+HEADER_TIMEOUT = 10.0
+BODY_TIMEOUT = 10.0
+#: Seconds an unread request body is still drained after the answer (so that the client reads
+#: the answer rather than a reset) before the connection closes; aiohttp's default is 10.
+LINGERING_TIME = 2.0
+#: Connection caps of one listener: per client address, and in total (at most; see
+#: `default_max_connections`).
+MAX_CONNECTIONS_PER_ADDRESS = 16
+MAX_CONNECTIONS = 256
+# What a connection over a cap reads before it is closed (nothing of its request is read).
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 5\r\n"
+    b"Connection: close\r\n\r\n"
+)
 _TOKEN_IN_PATH = re.compile(r"^/(confirm|calendar)/[^/?]+")
 
 
@@ -107,8 +139,12 @@ class _Web:
         on_confirmed: OnConfirmed,
         clock: Callable[[], datetime],
         sync_state: Callable[[], str] | None,
+        is_staff: IsStaff | None,
+        body_timeout: float,
     ) -> None:
         self.sync_state = sync_state
+        self.is_staff = is_staff
+        self.body_timeout = body_timeout
         self.config = config
         self.catalogs = catalogs
         self.on_confirmed = on_confirmed
@@ -147,13 +183,20 @@ def build_web_app(
     on_confirmed: OnConfirmed,
     clock: Callable[[], datetime],
     sync_state: Callable[[], str] | None = None,
+    is_staff: IsStaff | None = None,
+    body_timeout: float = BODY_TIMEOUT,
 ) -> web.Application:
     """The aiohttp application. Its metrics are registered in `registry` (once per app).
-    `sync_state` tells /healthz how the Matrix sync loop is ("ok", "starting", "stalled")."""
+    `sync_state` tells /healthz how the Matrix sync loop is ("ok", "starting", "stalled").
+    `is_staff(user_id)` is asked at each calendar feed fetch (the bot passes its identity's;
+    None serves every valid token, for tests of the feed alone). `body_timeout`: seconds a
+    POST has to send its body."""
     if not config.web.secret:
         raise ValueError("web.secret is required: it signs the confirmation links")
     app = web.Application(client_max_size=_MAX_BODY, middlewares=[_count_requests])
-    app[_WEB] = _Web(config, catalogs, registry, on_confirmed, clock, sync_state)
+    app[_WEB] = _Web(
+        config, catalogs, registry, on_confirmed, clock, sync_state, is_staff, body_timeout
+    )
     app.on_response_prepare.append(_security_headers)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/confirm/{token}", _confirm_page)
@@ -253,7 +296,12 @@ async def _confirm_page(request: web.Request) -> web.Response:
 async def _confirm_post(request: web.Request) -> web.Response:
     state = request.app[_WEB]
     token = request.match_info["token"]
-    form = await request.post()
+    try:
+        # A body trickled in a byte at a time would hold the connection for ever.
+        async with asyncio.timeout(state.body_timeout):
+            form = await request.post()
+    except TimeoutError:
+        return web.Response(status=408, text="Request timeout\n", headers={"Connection": "close"})
     candidate = form.get(pages.CSRF_FIELD)
     cross_site = request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site"
     if (
@@ -311,7 +359,9 @@ async def _calendar(request: web.Request) -> web.Response:
     feed = None
     if looks_like_token(token):
         feed = await StaffFeed.get_or_none(token_hash=token_hash(token, state.secret))
-    if feed is None:
+    # Moderator links are in the feed: only for someone still staff. Same answer as an unknown
+    # token, so a former staff member learns nothing from it.
+    if feed is None or (state.is_staff is not None and not state.is_staff(feed.staff)):
         return web.Response(status=404, text="Not found\n")
     now = state.clock()
     pref = await UserPref.get_or_none(user_key=feed.staff)
@@ -406,19 +456,172 @@ def _split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def default_max_connections() -> int:
+    """`MAX_CONNECTIONS`, or a quarter of the file descriptors the process may open when that
+    is fewer: at the limit, the Matrix, SMTP and database sockets failed too."""
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return MAX_CONNECTIONS
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(MAX_CONNECTIONS_PER_ADDRESS, min(MAX_CONNECTIONS, soft // 4))
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one listener tolerates of its clients (see the module docstring)."""
+
+    header_timeout: float = HEADER_TIMEOUT
+    lingering_time: float = LINGERING_TIME
+    max_connections: int = field(default_factory=default_max_connections)
+    max_per_address: int = MAX_CONNECTIONS_PER_ADDRESS
+
+
+class _Connections:
+    """The open connections of one listener, by client address, against its `Limits`."""
+
+    #: Seconds between two log lines about refused connections (a flood must not flood the log).
+    LOG_EVERY = 60.0
+
+    def __init__(self, limits: Limits, name: str) -> None:
+        self.limits = limits
+        self.name = name
+        self.by_address: Tally[str] = Tally()
+        self.total = 0
+        self.refused = 0  # since the last log line
+        self._logged_at: float | None = None
+
+    def admit(self, address: str) -> bool:
+        limits = self.limits
+        if self.total >= limits.max_connections or (
+            self.by_address[address] >= limits.max_per_address
+        ):
+            self._refused()
+            return False
+        self.total += 1
+        self.by_address[address] += 1
+        return True
+
+    def release(self, address: str) -> None:
+        self.total -= 1
+        self.by_address[address] -= 1
+        if self.by_address[address] <= 0:
+            del self.by_address[address]
+
+    def _refused(self) -> None:
+        self.refused += 1
+        now = asyncio.get_running_loop().time()
+        if self._logged_at is None or now - self._logged_at >= self.LOG_EVERY:
+            log.warning(
+                "%s: connection limit reached (%d open, at most %d per address and %d in"
+                " all): refused %d connection(s)",
+                self.name,
+                self.total,
+                self.limits.max_per_address,
+                self.limits.max_connections,
+                self.refused,
+            )
+            self._logged_at, self.refused = now, 0
+
+
+class _Guarded(asyncio.Protocol):
+    """aiohttp's protocol for one connection, behind the caps of `_Connections`: a connection
+    over a cap never reaches aiohttp (nothing of it is parsed, no task is started)."""
+
+    def __init__(self, make_inner: Callable[[], asyncio.Protocol], connections: _Connections):
+        self._make_inner = make_inner
+        self._connections = connections
+        self._inner: asyncio.Protocol | None = None
+        self._address = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self._address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        if not self._connections.admit(self._address):
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.write(_BUSY)
+            transport.close()
+            return
+        self._inner = self._make_inner()
+        self._inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._inner is not None:
+            self._connections.release(self._address)
+            inner, self._inner = self._inner, None
+            inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._inner is not None:
+            self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self._inner is not None else None
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+
+class _GuardedSite(web.BaseSite):
+    """`web.TCPSite`, with each connection behind `_Guarded`."""
+
+    __slots__ = ("_connections", "_host", "_port")
+
+    def __init__(
+        self, runner: web.BaseRunner, host: str, port: int, connections: _Connections
+    ) -> None:
+        super().__init__(runner)
+        self._host, self._port, self._connections = host, port, connections
+
+    @property
+    def name(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None  # the runner is set up: BaseSite checks it
+        connections = self._connections
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: _Guarded(server, connections), self._host, self._port, backlog=self._backlog
+        )
+
+
 async def start_web(
-    app: web.Application, listen: str, *, name: str = "web", access_log: bool = True
+    app: web.Application,
+    listen: str,
+    *,
+    name: str = "web",
+    access_log: bool = True,
+    limits: Limits | None = None,
 ) -> web.AppRunner:
     """Serve `app` on `listen` ("host:port"; port 0 picks a free one, see `runner.addresses`).
-    Without `access_log` requests are not logged (a scrape every 15 s would drown the log)."""
+    Without `access_log` requests are not logged (a scrape every 15 s would drown the log).
+    `limits` (default `Limits()`) bound slow clients and connections."""
+    limits = limits or Limits()
     host, port = _split_listen(listen)
-    runner = (
-        web.AppRunner(app, access_log_class=_AccessLogger)
-        if access_log
-        else web.AppRunner(app, access_log=None)
-    )
+    # aiohttp arms its keep-alive timer when a connection opens and again after each response,
+    # and closes the connection if no complete request head has arrived when it fires: with
+    # `header_timeout` it is the head's deadline, which a byte trickled now and then does not
+    # push back (tests/web/test_slow_clients.py holds aiohttp to it).
+    options: dict[str, Any] = {
+        "keepalive_timeout": limits.header_timeout,
+        "lingering_time": limits.lingering_time,
+    }
+    if access_log:
+        options["access_log_class"] = _AccessLogger
+    else:
+        options["access_log"] = None
+    runner = web.AppRunner(app, **options)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = _GuardedSite(runner, host, port, _Connections(limits, name))
     try:
         await site.start()
     except BaseException:
