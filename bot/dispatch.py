@@ -5,11 +5,19 @@ Each handled event runs in one database transaction that also records the event 
 of it: a crash before the commit replays the event, a crash after it finds the event handled
 and the replies waiting in the outbox, which the `Deliverer` sends with stable transaction ids.
 
+**Flood control never waits on the sync path.** A client over the limit (per sender; for a
+bridge account, also per room for all the nicknames it relays there) has the excess deferred:
+the event is stored as a `DeferredEvent` row in the transaction that records it as handled,
+and a later event of the same lane queues behind it. `run_deferred` (a task of `bot.app`, the
+harness's `sweep()` in tests) handles them in order at the allowed pace; everyone else is
+served meanwhile.
+
 Routers only record handlers (decorators have no side effect beyond that); `handlers/__init__`
 includes every module's router explicitly.
 
 What a handler sees (`Context`) and how handlers are registered (`Router`) are in
-`bot.routing`.
+`bot.routing`; flood bookkeeping in `bot.flood`. What stays here (about 640 lines) is one
+concern: getting each event, or each deferred one, exactly once through its transaction.
 """
 
 from __future__ import annotations
@@ -18,14 +26,15 @@ import asyncio
 import logging
 import re
 import secrets
-from collections import defaultdict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
 from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
 
+from bot import logcontext
 from bot.events import (
     TEXT_MSGTYPES,
     Incoming,
@@ -34,7 +43,10 @@ from bot.events import (
     IncomingRedaction,
     IncomingText,
     IncomingUnreadable,
+    event_from_json,
+    event_to_json,
 )
+from bot.flood import FloodGate, KeyedLocks, lane_of
 from bot.i18n import N_, Msg
 from bot.identity import Author, Sender
 from bot.routing import (
@@ -47,7 +59,7 @@ from bot.routing import (
     txn_base,
 )
 from bot.storage import repo
-from bot.storage.models import HandledEvent, Notice, OutboxItem
+from bot.storage.models import DeferredEvent, HandledEvent, Notice, OutboxItem
 
 if TYPE_CHECKING:
     from bot.services import Services
@@ -73,10 +85,12 @@ FLOODING = N_(
     "more slowly for a moment."
 )
 
-# A flooding client's messages are all handled (nothing is lost), each one over the limit
-# after this pause, taken outside any transaction and per sender (others are not slowed).
-FLOOD_PAUSE_SECONDS = 1.0
-FLOOD_PAUSE_CAP_SECONDS = 5.0
+#: Deferred events handled per `run_deferred` call at most (the next call takes the rest).
+DEFERRED_BATCH = 200
+#: The replay task's longest sleep with nothing due, and its pause after a failure (a
+#: database outage: the rows stay and are tried again).
+DEFERRED_IDLE_SECONDS = 60.0
+DEFERRED_RETRY_SECONDS = 5.0
 
 
 #: What handler errors are counted under when no handler was running yet (the dispatcher's
@@ -92,6 +106,10 @@ class Deliver(Protocol):
     def __call__(
         self, rows: Sequence[OutboxItem], first_room: str | None, since: datetime | None, /
     ) -> None: ...
+
+
+class _Replayed(Exception):
+    """The deferred row was handled by someone else meanwhile: this transaction rolls back."""
 
 
 class Dispatcher:
@@ -111,10 +129,17 @@ class Dispatcher:
         # Hands a handler's committed rows straight to the deliverer (no reading them back);
         # without it, the deliverer is only woken to read the table.
         self.deliver = deliver
-        self._locks: dict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._recent: dict[str, deque[datetime]] = defaultdict(deque)
-        self._flood_told: dict[str, datetime] = {}
-        self._paused: dict[str, float] = defaultdict(float)
+        self._locks = KeyedLocks()  # (room, sender key): each sender's events in order
+        # Lane (see `_lane`): its flood decision, deferral and replay one at a time, so that
+        # a deferred event is never overtaken by a later one of the same lane.
+        self._lane_locks = KeyedLocks()
+        # Flood windows and notices given, by lane or sender key; forgotten once quiet.
+        self._flood = FloodGate()
+        # Lanes that may have deferred rows: loaded once, then kept by this dispatcher (a
+        # lane is added before its row commits, so this is never missing one; a lane found
+        # empty is dropped). Saves a query per event while nobody floods.
+        self._deferred_lanes: set[str] | None = None
+        self._replay_wake = asyncio.Event()
         self._reaction_keys: dict[str, list[Handler]] = defaultdict(list)
         for spec in router.reactions:
             for key in spec.keys:
@@ -124,7 +149,7 @@ class Dispatcher:
 
     async def on_batch(self, events: Sequence[Incoming]) -> None:
         """Handle one sync batch: senders in parallel, each sender's events in order."""
-        self._paused.clear()
+        self._flood.prune_if_due(self.services.clock())
         groups: dict[tuple[str, str], list[Incoming]] = defaultdict(list)
         for event in events:
             groups[(event.room_id, event.sender)].append(event)
@@ -133,93 +158,253 @@ class Dispatcher:
         # opened it; it must die with that task, never stay in the sync loop's.
         await asyncio.gather(*(self._handle_in_order(evs) for evs in groups.values()))
 
-    async def _handle_in_order(self, events: Iterable[Incoming]) -> None:
+    async def _handle_in_order(self, events: Sequence[Incoming]) -> None:
         for event in events:
             await self.handle(event)
+
+    def prune(self, now: datetime) -> None:
+        """Forget what one-off senders left in the flood tables (done once a minute)."""
+        self._flood.prune(now)
+
+    def memory(self) -> dict[str, int]:
+        """Entries per in-memory table (for the tests and a look in a debugger)."""
+        return {
+            "locks": len(self._locks),
+            "lane_locks": len(self._lane_locks),
+            **self._flood.sizes(),
+            "deferred_lanes": len(self._deferred_lanes or ()),
+        }
 
     async def handle(self, event: Incoming) -> None:
         if event.sender == self.services.bot_user_id():
             return
+        # Every log line written while it is handled names the event and its room.
+        with logcontext.bound(event_id=event.event_id, room_id=event.room_id):
+            await self._handle(event)
+
+    async def _handle(self, event: Incoming) -> None:
         author = self.services.identity.author(event)  # once: who, staff or not, the text
-        sender = author.sender
-        lock = self._locks[(event.room_id, sender.key)]
-        async with lock:
+        lane = lane_of(event, author)
+        async with (
+            self._locks.hold((event.room_id, author.sender.key)),
+            self._lane_locks.hold(lane),
+        ):
             if await HandledEvent.exists(event_id=event.event_id):
                 return
             now = self.services.clock()
             try:
-                flooding = await self._flood_check(event, author, now)
+                waits = await self._lane_waits(lane)  # first: the lanes known before a deferral
+                over = self._flood.count(
+                    event, author, now, self.services.config.service.flood_messages_per_minute
+                )
+                deferring = over or waits
                 ctx = await self._context(event, author, now)
             except Exception:
                 # Even the preparation may fail (e.g. a database refusing the client key):
                 # it must end in the apology, never escape and stall the sync loop.
-                ctx = Context(
-                    event=event,
-                    room_id=event.room_id,
-                    sender=sender,
-                    services=self.services,
-                    now=now,
-                    tr=self.services.catalogs.get(None),
-                    is_staff=False,
-                    router=self.router,
-                )
-                await self._fail(ctx, now)
+                await self._fail(self._bare_context(event, author.sender, now), now)
                 self.wake_delivery()
                 return
-            rows: list[OutboxItem] | None = None  # once committed: handed to the deliverer
-            try:
-                async with in_transaction():
-                    await self._route(ctx, author)
-                    if flooding:
-                        ctx.reply(Msg(FLOODING))
-                    written = await self._commit(ctx, now)
-                rows = written
-            except IntegrityError:
-                # Another delivery of the same event won the race: nothing more to do.
-                if await HandledEvent.exists(event_id=event.event_id):
-                    return
-                rows = await self._fail(ctx, now)
-            except DomainError as refusal:
-                ctx.outgoing.clear()
-                ctx.reply(refusal.msg)
-                async with in_transaction():
-                    written = await self._commit(ctx, now)
-                rows = written
-            except Exception as error:
-                if is_database_outage(error):
-                    # Not the handler's fault and not to be apologised for: the event stays
-                    # unhandled, the batch fails, and the shell retries it (token not stored).
-                    raise
-                rows = await self._fail(ctx, now)
-        self.services.count_event(type(event).__name__)
+            if deferring:
+                try:
+                    rows = await self._defer(ctx, lane, now, over=over)
+                except Exception as error:
+                    if is_database_outage(error):
+                        raise  # not deferred, not handled: the shell retries the batch
+                    rows = await self._fail(ctx, now)
+            else:
+                rows = await self._process(ctx, author, now)
+        if rows is not None and not deferring:
+            self.services.count_event(type(event).__name__)
+        self._hand_over(event, rows, timed=not deferring)
+
+    def _hand_over(self, event: Incoming, rows: list[OutboxItem] | None, *, timed: bool) -> None:
         if rows is not None and self.deliver is not None:
             # The answer latency is a person's wait: only messages count (not reactions nor
             # memberships), and not the day-old ones the bot could never decrypt.
-            since = event.ts if isinstance(event, IncomingText) else None
+            since = event.ts if timed and isinstance(event, IncomingText) else None
             self.deliver(rows, event.room_id, since)
         else:
             self.wake_delivery()
 
-    async def _flood_check(self, event: Incoming, author: Author, now: datetime) -> bool:
-        """Count a client's recent messages; pause over the limit. True = tell them now."""
-        limit = self.services.config.service.flood_messages_per_minute
-        if limit <= 0 or not isinstance(event, IncomingText) or author.is_staff:
+    async def _process(
+        self, ctx: Context, author: Author, now: datetime, *, replay: int | None = None
+    ) -> list[OutboxItem] | None:
+        """Route and commit one event (a deferred one: `replay` is its row); the rows
+        written, None when another delivery did it first."""
+        try:
+            async with in_transaction():
+                await self._route(ctx, author)
+                return await self._commit(ctx, now, replay=replay)
+        except _Replayed:
+            return None
+        except IntegrityError:
+            # Another delivery of the same event won the race: nothing more to do.
+            if await self._done_elsewhere(ctx, replay):
+                return None
+            return await self._fail(ctx, now, replay=replay)
+        except DomainError as refusal:
+            ctx.outgoing.clear()
+            ctx.reply(refusal.msg)
+            try:
+                async with in_transaction():
+                    return await self._commit(ctx, now, replay=replay)
+            except _Replayed:
+                return None
+        except Exception as error:
+            if is_database_outage(error):
+                # Not the handler's fault and not to be apologised for: the event stays
+                # unhandled (or deferred), the batch fails, and the shell retries it.
+                raise
+            return await self._fail(ctx, now, replay=replay)
+
+    async def _done_elsewhere(self, ctx: Context, replay: int | None) -> bool:
+        assert ctx.event is not None
+        if replay is not None:
+            return not await DeferredEvent.exists(id=replay)
+        return await HandledEvent.exists(event_id=ctx.event.event_id)
+
+    # -- flood control ----------------------------------------------------------------------
+
+    async def _lane_waits(self, lane: str) -> bool:
+        """Whether earlier events of `lane` are still deferred (this one must queue)."""
+        if self._deferred_lanes is None:
+            lanes = await DeferredEvent.all().distinct().values_list("lane", flat=True)
+            loaded = {str(name) for name in lanes}
+            # Merged, not replaced: another lane may have been loaded and deferred meanwhile.
+            self._deferred_lanes = loaded | (self._deferred_lanes or set())
+        if lane not in self._deferred_lanes:
             return False
-        sender = author.sender
-        recent = self._recent[sender.key]
-        recent.append(now)
-        while recent and now - recent[0] > timedelta(minutes=1):
-            recent.popleft()
-        if len(recent) <= limit:
+        if await DeferredEvent.exists(lane=lane):
+            return True
+        self._deferred_lanes.discard(lane)  # replayed since: the lane flows again
+        return False
+
+    async def _defer(
+        self, ctx: Context, lane: str, now: datetime, *, over: bool
+    ) -> list[OutboxItem] | None:
+        """Store the event for later and record it as handled; a client over the limit
+        (`over`, not merely queued behind earlier ones) is told, once in a while. The rows
+        written (the notice), None when another delivery did it first."""
+        event = ctx.event
+        assert event is not None
+        limit = max(1, self.services.config.service.flood_messages_per_minute)
+        tell = over and self._flood.may_tell(lane, now)
+        if self._deferred_lanes is not None:
+            self._deferred_lanes.add(lane)  # before the commit: never missing a lane
+        try:
+            async with in_transaction():
+                last = await DeferredEvent.filter(lane=lane).order_by("-id").first()
+                start = now if last is None else max(now, last.due_at)
+                await DeferredEvent.create(
+                    lane=lane,
+                    room_id=event.room_id,
+                    event=event_to_json(event),
+                    due_at=start + timedelta(seconds=60 / limit),
+                    deferred_at=now,
+                )
+                if tell:
+                    ctx.reply(Msg(FLOODING))
+                rows = await self._commit(ctx, now)
+        except IntegrityError:
+            if await HandledEvent.exists(event_id=event.event_id):
+                return None
+            raise
+        if tell:
+            self._flood.told(lane, now)
+        self._replay_wake.set()
+        return rows
+
+    async def run_deferred(self, now: datetime | None = None) -> int:
+        """Handle the deferred events due by `now`, each lane in order (lanes side by side);
+        returns how many were handled. A database outage is raised once every lane has
+        stopped (the rows stay, to be tried again)."""
+        now = self.services.clock() if now is None else now
+        due = (
+            await DeferredEvent.filter(due_at__lte=now)
+            .order_by("id")
+            .limit(DEFERRED_BATCH)
+            .values_list("id", "lane")
+        )
+        lanes: dict[str, list[int]] = defaultdict(list)
+        for row_id, lane in due:
+            lanes[str(lane)].append(int(row_id))
+        # A task per lane, as per batch group: a broken transaction's marker dies with it.
+        results = await asyncio.gather(
+            *(self._replay_lane(ids) for ids in lanes.values()), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return sum(int(result) for result in results)  # type: ignore[arg-type]
+
+    async def _replay_lane(self, ids: list[int]) -> int:
+        handled = 0
+        for row_id in ids:
+            handled += await self._replay(row_id)
+        return handled
+
+    async def _replay(self, row_id: int) -> bool:
+        row = await DeferredEvent.get_or_none(id=row_id)
+        if row is None:
+            return False  # handled meanwhile
+        event = event_from_json(row.event)
+        with logcontext.bound(event_id=event.event_id, room_id=event.room_id):
+            return await self._replay_event(row, event)
+
+    async def _replay_event(self, row: DeferredEvent, event: Incoming) -> bool:
+        row_id = row.id
+        author = self.services.identity.author(event)  # staff or not: now, not then
+        async with (
+            self._locks.hold((event.room_id, author.sender.key)),
+            self._lane_locks.hold(row.lane),
+        ):
+            now = self.services.clock()
+            try:
+                ctx = await self._context(event, author, now)
+            except Exception:
+                bare = self._bare_context(event, author.sender, now)
+                rows = await self._fail(bare, now, replay=row_id)
+            else:
+                rows = await self._process(ctx, author, now, replay=row_id)
+        if rows is None:
             return False
-        if self._paused[sender.key] < FLOOD_PAUSE_CAP_SECONDS:
-            self._paused[sender.key] += FLOOD_PAUSE_SECONDS
-            await asyncio.sleep(FLOOD_PAUSE_SECONDS)
-        told = self._flood_told.get(sender.key)
-        if told is not None and now - told < timedelta(minutes=10):
-            return False
-        self._flood_told[sender.key] = now
+        self.services.count_event(type(event).__name__)
+        # Timed from when it was sent: a deferred answer is a longer wait, and it shows.
+        self._hand_over(event, rows, timed=True)
         return True
+
+    async def run_deferred_forever(self, stop: asyncio.Event) -> None:
+        """Replay deferred events as they fall due until `stop` is set (started by the
+        composition root; a deferral wakes it)."""
+        while not stop.is_set():
+            self._replay_wake.clear()  # before the run: a deferral meanwhile wakes the next
+            try:
+                await self.run_deferred()
+                pause = await self._until_next_due()
+            except Exception:
+                log.exception("deferred events: replay failed; trying again")
+                pause = DEFERRED_RETRY_SECONDS
+            waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake())]
+            try:
+                await asyncio.wait(waits, timeout=pause, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiting in waits:
+                    waiting.cancel()
+
+    async def _wake(self) -> None:
+        await self._replay_wake.wait()
+
+    async def _until_next_due(self) -> float:
+        if self._deferred_lanes is not None and not self._deferred_lanes:
+            return DEFERRED_IDLE_SECONDS  # nothing deferred: a deferral wakes the task
+        first = await DeferredEvent.all().order_by("due_at").first()
+        if first is None:
+            return DEFERRED_IDLE_SECONDS
+        seconds = (first.due_at - self.services.clock()).total_seconds()
+        return min(max(seconds, 0.0), DEFERRED_IDLE_SECONDS)
+
+    # -- jobs, failures, commits ------------------------------------------------------------
 
     async def run_job(
         self, key: str, job: Handler, *, room_id: str = "", locale: str | None = None
@@ -241,9 +426,10 @@ class Dispatcher:
             router=self.router,
         )
         try:
-            async with in_transaction():
-                await job(ctx)
-                await self._commit(ctx, now, job_key=key)
+            with logcontext.bound(room_id=room_id or None):
+                async with in_transaction():
+                    await job(ctx)
+                    await self._commit(ctx, now, job_key=key)
         except IntegrityError:
             return False
         except Exception:
@@ -254,7 +440,22 @@ class Dispatcher:
         self.wake_delivery()
         return True
 
-    async def _fail(self, ctx: Context, now: datetime) -> list[OutboxItem]:
+    def _bare_context(self, event: Incoming, sender: Sender, now: datetime) -> Context:
+        """A context for the apology when even preparing the event's failed."""
+        return Context(
+            event=event,
+            room_id=event.room_id,
+            sender=sender,
+            services=self.services,
+            now=now,
+            tr=self.services.catalogs.get(None),
+            is_staff=False,
+            router=self.router,
+        )
+
+    async def _fail(
+        self, ctx: Context, now: datetime, *, replay: int | None = None
+    ) -> list[OutboxItem] | None:
         """Count the error, record the event as handled, apologise; the rows written."""
         ref = secrets.token_hex(4)
         event_id = ctx.event.event_id if ctx.event else "-"
@@ -263,21 +464,36 @@ class Dispatcher:
         ctx.outgoing.clear()
         if isinstance(ctx.event, IncomingText):
             ctx.reply(Msg(APOLOGY, {"ref": ref}))
-        async with in_transaction():
-            return await self._commit(ctx, now)
+        try:
+            async with in_transaction():
+                return await self._commit(ctx, now, replay=replay)
+        except _Replayed:
+            return None
 
     async def _commit(
-        self, ctx: Context, now: datetime, *, job_key: str | None = None
+        self,
+        ctx: Context,
+        now: datetime,
+        *,
+        job_key: str | None = None,
+        replay: int | None = None,
     ) -> list[OutboxItem]:
-        if job_key is None:
+        if job_key is not None:
+            await Notice.create(key=job_key, at=now)
+            base = txn_base("job:" + job_key)
+        elif replay is not None:
+            # Recorded as handled when deferred; the row's deletion is what makes the replay
+            # happen once. Its own transaction ids: the deferral may have sent a notice.
+            assert ctx.event is not None
+            if not await DeferredEvent.filter(id=replay).delete():
+                raise _Replayed
+            base = txn_base("deferred:" + ctx.event.event_id)
+        else:
             assert ctx.event is not None
             await HandledEvent.create(
                 event_id=ctx.event.event_id, room_id=ctx.room_id, handled_at=now
             )
             base = txn_base(ctx.event.event_id)
-        else:
-            await Notice.create(key=job_key, at=now)
-            base = txn_base("job:" + job_key)
         rows = [
             OutboxItem(
                 txn_id=f"{base}-{n}",
@@ -309,14 +525,20 @@ class Dispatcher:
             router=self.router,
         )
 
+    # -- routing ----------------------------------------------------------------------------
+
     async def _route(self, ctx: Context, author: Author) -> None:
         event = ctx.event
         if isinstance(event, IncomingText):
             await self._route_text(ctx, event, author.text or "")
         elif isinstance(event, IncomingReaction):
+            if not await _reaches(event, ctx.room_id):
+                return
             for handler in self._reaction_keys.get(_norm_reaction(event.key), ()):
                 await _run(ctx, handler)
         elif isinstance(event, IncomingRedaction):
+            if not await _reaches(event, ctx.room_id):
+                return
             for handler in self.router.redactions:
                 await _run(ctx, handler)
         elif isinstance(event, IncomingMember):
@@ -373,6 +595,23 @@ class Dispatcher:
 async def _run(ctx: Context, handler: Handler) -> None:
     ctx.handler = handler_name(handler)
     await handler(ctx)
+
+
+async def _reaches(event: Incoming | None, room_id: str) -> bool:
+    """Whether a reaction or redaction may act: not when the event it points at is known to
+    be in another room (a card, an offer, a ✅ cannot be reached from elsewhere). An event the
+    bot never saw nor sent is left to the handlers, which act only on events they know."""
+    if isinstance(event, IncomingReaction):
+        target = event.target_event_id
+    elif isinstance(event, IncomingRedaction):
+        target = event.redacts
+    else:
+        return True
+    handled = await HandledEvent.get_or_none(event_id=target)
+    if handled is not None:
+        return handled.room_id == room_id
+    sent = await OutboxItem.filter(event_id=target).first()
+    return sent is None or sent.room_id == room_id
 
 
 def is_database_outage(error: BaseException) -> bool:

@@ -17,8 +17,8 @@ Decisions worth knowing:
   ticket still waits for the client's consent and both staff and the client are told;
   `!estimate` again sends a new link (the previous one stops working).
 * A ✅ the bot acted on is stored as a `Reaction` row, so its redaction after a restart still
-  finds the card. Only the reactor (or another staff member) removing it counts, and only while
-  the confirmation is still theirs.
+  finds the card. Only its removal in the staff room by someone who is staff at that moment
+  (the reactor or another member) counts, and only while the confirmation is still theirs.
 """
 
 from __future__ import annotations
@@ -317,7 +317,9 @@ async def on_redaction(ctx: Context) -> None:
     reaction = await Reaction.get_or_none(event_id=event.redacts)
     if reaction is None or not _is_confirm_key(reaction.key):
         return
-    if event.sender != reaction.sender and not ctx.is_staff:
+    # Only from the ✅'s own room, and only by someone who is staff now: a demoted member who
+    # left must not take back, from another room, what they confirmed while staff.
+    if event.room_id != reaction.room_id or not ctx.is_staff:
         return
     await reaction.delete()
     found = await Ticket.get_or_none(card_event_id=reaction.target_event_id)
