@@ -26,6 +26,10 @@ Decisions worth knowing:
   keeps the current call until a new time is chosen; then, in the same savepoint as the new
   insert, the old booking is cancelled (`slot_lock` NULL, reminders deleted), so a failed swap
   changes nothing. `!unbook` cancels the call and frees its slot.
+* **Rooms that gain members.** Everything for the client goes through `ClientOut`, which
+  checks the ticket's room when it is loaded (`handlers.common.client_room`): once others have
+  joined, the offer, the booking with its link and the `.ics` go to the client's private room,
+  and the shared room only learns that they moved.
 """
 
 from __future__ import annotations
@@ -455,10 +459,11 @@ async def book(ctx: Context) -> None:
     ticket = await (staff_ticket(ctx) if staff_side else client_ticket(ctx))
     if not is_bookable(ticket):
         raise DomainError(Msg(NOT_BOOKABLE, {"ref": ticket.ref}))
+    room_id = ticket.room_id  # before the offer: a room that gained members moves it
     await offer_slots(ctx, ticket)
     if staff_side:
         ctx.reply(Msg(OFFER_SENT_STAFF, {"ref": ticket.ref}))
-    elif ticket.room_id != ctx.room_id:
+    elif room_id != ctx.room_id:
         ctx.reply(Msg(OFFER_SENT_ELSEWHERE, {"ref": ticket.ref}))
 
 
@@ -474,8 +479,9 @@ async def unbook(ctx: Context) -> None:
     booking = await repo.active_booking(ticket)
     if booking is None:
         raise DomainError(Msg(NO_BOOKING, {"ref": ticket.ref}))
+    room_id = ticket.room_id  # before telling the client: a room that gained members moves it
     await cancel_call(ctx, ticket, actor=ctx.sender.key)
-    if not staff_side and ctx.room_id != ticket.room_id:
+    if not staff_side and ctx.room_id != room_id:
         ctx.reply(Msg(UNBOOK_CLIENT, {"ref": ticket.ref, "when": booking.start}))
 
 

@@ -1,9 +1,32 @@
-"""What several handler modules share: staff cards, audited state changes, telling a client."""
+"""What several handler modules share: staff cards, audited state changes, telling a client,
+and where a client's requests may be written.
+
+Decisions worth knowing (SPEC §7):
+
+* **Private rooms.** A client's requests are written only where nobody but the client, the bot
+  and staff can read them (`room_is_private`). For a Matrix client a bridge account counts as
+  other people: everyone in the bridged conversation reads what it relays. For a client behind
+  a bridge the bridge is how they read, so it does not count; such a client cannot be invited
+  into a Matrix room either.
+* **Rooms that gain members.** Every message carrying a ticket's content to its client
+  (`tell_client`, `client_room` for the booking side) checks the room's members first, not
+  only when the request started. If others have joined, the client's tickets in that room move
+  to their private room (created once, as the intake does) and the shared room is told why,
+  without any content. Where the client cannot be moved (behind a bridge, or the room cannot
+  be created) the content is held back: the client is pointed to the support e-mail in the
+  room, staff are told.
+* **Bridged rooms.** A nickname is not an identity (anyone in the conversation can take it)
+  and everyone there reads the answer: commands that show or change stored requests are
+  refused there with a pointer to a private channel (`refuse_if_bridged`).
+"""
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
+from email.utils import parseaddr
+from typing import TYPE_CHECKING
 
 from bot.cards import card_view, render_card
 from bot.domain.bridge import bridged_nick
@@ -14,6 +37,9 @@ from bot.routing import Context, DomainError
 from bot.storage import repo
 from bot.storage.models import Booking, Client, Ticket
 from handlers.effects import FreeCall
+
+if TYPE_CHECKING:
+    from bot.services import Services
 
 __all__ = ["bridged_nick"]  # re-exported for the handler modules
 
@@ -100,16 +126,15 @@ async def tell_client(
     ctx: Context, ticket: Ticket, *parts: Msg | str, on_sent: str | None = None
 ) -> None:
     """Write to a ticket's client in their room and language (addressing the nickname
-    behind a bridge); several parts make one message, as sentences of one paragraph."""
-    client_key = await ticket_client_key(ticket)
-    tr = await client_translator(ctx, ticket)
-    text = " ".join(ctx.render(part, tr) for part in parts)
-    ctx.to_client(ticket.room_id, client_key, text, on_sent=on_sent)
-
-
-async def ticket_client_key(ticket: Ticket) -> str:
+    behind a bridge); several parts make one message, as sentences of one paragraph. The
+    room's members are checked first (`client_room`)."""
     client = await Client.get(id=ticket.client_id)  # type: ignore[attr-defined]
-    return client.key
+    tr = await client_translator(ctx, ticket)
+    room_id = await client_room(ctx, ticket, client, tr)
+    if room_id is None:
+        return  # held back: the client and staff were told
+    text = " ".join(ctx.render(part, tr) for part in parts)
+    ctx.to_client(room_id, client.key, text, on_sent=on_sent)
 
 
 def staff_private(ctx: Context) -> bool:
@@ -225,3 +250,159 @@ async def card_ticket(ctx: Context, target: str) -> Ticket | None:
 #: A booking's status while its call stands (`repo.CANCELLED_BOOKING` once it is cancelled);
 #: the booking side, the staff calendar and the meetings all filter on it.
 ACTIVE_BOOKING = "active"
+
+
+# -- where a client's requests may be written (SPEC §7) -----------------------------------------
+
+ROOM_NAME = N_("Support request: {user}")
+MOVED = N_(
+    "I have invited you to a private room to keep your request confidential. Please accept "
+    "the invitation: we continue there."
+)
+CONTINUE_PRIVATE = N_(
+    "To keep your request confidential, I have answered you in your private room."
+)
+MOVED_JOINED = N_(
+    "Other people have joined this room, so I no longer write about your requests here. I "
+    "have invited you to a private room: please accept the invitation, we continue there."
+)
+CONTINUE_JOINED = N_(
+    "Other people have joined this room, so I no longer write about your requests here: I "
+    "have written to you in your private room."
+)
+HELD_BACK_CLIENT = N_(
+    "Other people can now read this conversation, so I no longer write about your requests "
+    "here. Please write to the support team at {email}."
+)
+HELD_BACK_STAFF = N_(
+    "⚠️ {ref}: a message to the client was not sent, because others can now read their room. "
+    "Please contact them by e-mail."
+)
+BRIDGED_REFUSED = N_(
+    "To protect your data, I do not show or change your requests in a conversation relayed "
+    "from another chat service, where other people can read along and use any name. Please "
+    "write to the support team at {email}, or to me in a direct chat on Matrix."
+)
+
+
+def room_is_private(services: Services, room_id: str, client_key: str) -> bool:
+    """Whether nobody but the client, the bot and staff is in `room_id`: where that client's
+    requests may be written. Bridge accounts count as other people for a Matrix client, not
+    for a client behind a bridge (it is how they read). A configured support room never is."""
+    if room_id in services.config.matrix.support_rooms:
+        return False
+    identity = services.identity
+    behind_bridge = bridged_nick(client_key, room_id) is not None
+    for member in services.transport.joined_members(room_id):
+        if member in (identity.bot_user_id(), client_key):
+            continue
+        if identity.is_bridge(member):
+            if behind_bridge:
+                continue
+            return False
+        if not identity.is_staff_user(member):
+            return False
+    return True
+
+
+def support_address(services: Services) -> str:
+    """The support team's e-mail address, for the clients pointed to a private channel."""
+    return parseaddr(services.config.mail.from_)[1] or services.config.mail.from_
+
+
+def refuse_if_bridged(ctx: Context) -> None:
+    """Stored requests are neither shown nor changed through a bridge: the nickname proves
+    nothing and everyone in the conversation reads the answer. A localized refusal that points
+    to a private channel."""
+    if ctx.sender.bridged:
+        raise DomainError(Msg(BRIDGED_REFUSED, {"email": support_address(ctx.services)}))
+
+
+async def private_room(
+    ctx: Context,
+    client: Client,
+    from_room: str,
+    *,
+    tr: Translator | None = None,
+    moved: str = MOVED,
+    continued: str = CONTINUE_PRIVATE,
+) -> str:
+    """The client's private room (with the configured staff), created and remembered on the
+    client the first time, the client invited back if they left it. `from_room` is told,
+    without any content: `moved` when the room is new, `continued` otherwise. Raises
+    `TransportError` when the room cannot be created."""
+    transport = ctx.services.transport
+    room_id = client.private_room_id
+    if room_id is not None:
+        await invite_back(ctx, room_id, client.key)
+        _once(ctx, lambda: ctx.to_client(from_room, client.key, Msg(continued), tr=tr))
+        return room_id
+    config = ctx.services.config.matrix
+    invite = [client.key]
+    invite += [s for s in config.staff if s not in invite and s != config.user_id]
+    room_id = await transport.create_room(
+        name=ctx.render(Msg(ROOM_NAME, {"user": client.display_name or client.key}), tr),
+        invite=invite,
+        is_direct=False,
+        encrypted=transport.is_encrypted(from_room),
+        key=ctx.services.room_key("private", client.key),
+    )
+    client.private_room_id = room_id
+    await client.save(update_fields=["private_room_id"])
+    log.info("requests moved from shared room %s to private room %s", from_room, room_id)
+    _once(ctx, lambda: ctx.to_client(from_room, client.key, Msg(moved), tr=tr))
+    return room_id
+
+
+async def client_room(ctx: Context, ticket: Ticket, client: Client, tr: Translator) -> str | None:
+    """The room to write `ticket`'s content to its client, checked before every such message:
+    its room while that is private (`room_is_private`); once others have joined, the client's
+    private room, where their tickets of that room move. None when there is nowhere safe (a
+    client behind a bridge, or no private room could be made): the client is told in the
+    room, without content, and staff are told."""
+    room_id = ticket.room_id
+    if client.erased_at is not None:
+        # Nobody is known any more to check the room against, and nothing personal is left
+        # in the ticket: written where it was, as before the erasure.
+        return room_id
+    if room_is_private(ctx.services, room_id, client.key):
+        return room_id
+    if client.key.startswith("@"):  # a Matrix account: it can be invited elsewhere
+        try:
+            private = await private_room(
+                ctx, client, room_id, tr=tr, moved=MOVED_JOINED, continued=CONTINUE_JOINED
+            )
+        except TransportError as error:
+            log.warning("could not create a private room: %s", error)
+        else:
+            await _move_tickets(ctx, client, room_id, private)
+            ticket.room_id = private
+            return private
+    held = Msg(HELD_BACK_CLIENT, {"email": support_address(ctx.services)})
+    _once(ctx, lambda: ctx.to_client(room_id, client.key, held, tr=tr))
+    _once(ctx, lambda: ctx.send_staff(Msg(HELD_BACK_STAFF, {"ref": ticket.ref})))
+    log.info("message for %s held back: room %s is no longer private", ticket.ref, room_id)
+    return None
+
+
+async def _move_tickets(ctx: Context, client: Client, shared: str, private: str) -> None:
+    """All the client's tickets of the shared room now live in their private room (later
+    messages, slot choices and reminders follow them there)."""
+    tickets = await Ticket.filter(client_id=client.id, room_id=shared)
+    await Ticket.filter(id__in=[ticket.id for ticket in tickets]).update(room_id=private)
+    for ticket in tickets:
+        status = ticket.status
+        await repo.audit(ticket, "system", "moved_to_private_room", status, status, at=ctx.now)
+
+
+def _once(ctx: Context, write: Callable[[], None]) -> None:
+    """Run `write` unless this event already sends the same messages to the same rooms: one
+    move, or one held-back notice, however many messages of the event it concerns."""
+    before = len(ctx.outgoing)
+    write()
+    earlier, added = ctx.outgoing[:before], ctx.outgoing[before:]
+    if added and all(
+        any(old.room_id == new.room_id and old.content == new.content for old in earlier)
+        for new in added
+    ):
+        del ctx.outgoing[before:]

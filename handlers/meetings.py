@@ -41,7 +41,7 @@ from bot.services import Services
 from bot.storage import repo
 from bot.storage.models import Booking, Client, Reminder, Ticket
 from bot.video import Meeting, VideoError
-from handlers.common import ACTIVE_BOOKING, client_translator
+from handlers.common import ACTIVE_BOOKING, client_room, client_translator
 
 log = logging.getLogger(__name__)
 
@@ -95,19 +95,26 @@ def staff_time(ctx: Context, moment: datetime) -> str:
 
 
 class ClientOut:
-    """Writing to a ticket's client: their room, language, and nickname behind a bridge."""
+    """Writing to a ticket's client: their room, language, and nickname behind a bridge.
 
-    def __init__(self, ctx: Context, ticket: Ticket, client: Client, tr: Translator):
+    The room is decided once, by `load` (`common.client_room`: the ticket's room while it is
+    private, else the client's private room); None holds back everything sent through it."""
+
+    def __init__(
+        self, ctx: Context, ticket: Ticket, client: Client, tr: Translator, room_id: str | None
+    ):
         self.ctx = ctx
         self.ticket = ticket
         self.client = client
         self.tr = tr
+        self.room_id = room_id
         self.nick = bridged_nick(client.key, ticket.room_id)  # behind a bridge: plain text
 
     @classmethod
     async def load(cls, ctx: Context, ticket: Ticket) -> ClientOut:
         client = await Client.get(id=ticket.client_id)  # type: ignore[attr-defined]
-        return cls(ctx, ticket, client, await client_translator(ctx, ticket))
+        tr = await client_translator(ctx, ticket)
+        return cls(ctx, ticket, client, tr, await client_room(ctx, ticket, client, tr))
 
     @property
     def bridged(self) -> bool:
@@ -120,10 +127,14 @@ class ClientOut:
         return self.tr.format_datetime_long(moment, self.ctx.tz)
 
     def send(self, text: str | Msg, *, on_sent: str | None = None) -> None:
-        self.ctx.to_client(self.ticket.room_id, self.client.key, text, tr=self.tr, on_sent=on_sent)
+        if self.room_id is None:
+            return  # held back (the client and staff were told)
+        self.ctx.to_client(self.room_id, self.client.key, text, tr=self.tr, on_sent=on_sent)
 
     def send_file(self, data: bytes, filename: str, body: str) -> None:
-        self.ctx.send_file(self.ticket.room_id, data, filename, "text/calendar", body)
+        if self.room_id is None:
+            return
+        self.ctx.send_file(self.room_id, data, filename, "text/calendar", body)
 
 
 # --- the meeting -----------------------------------------------------------------------------
@@ -223,7 +234,8 @@ async def send_invitation(
     ticket = out.ticket
     sequence = await _sequence(ticket, step)
     name, address = parseaddr(services.config.mail.from_)
-    attendee = ticket.email or out.client.email
+    # Behind a bridge the file is read by the whole conversation: no address in it.
+    attendee = None if out.bridged else ticket.email or out.client.email
     minutes = services.config.service.slot_minutes
     link = booking.client_url or ""
     description = out.render(

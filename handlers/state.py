@@ -21,6 +21,7 @@ from bot.domain.intake import IntakeStep
 from bot.domain.slots import parse_slot_choice
 from bot.routing import Context, SenderState, Situation
 from bot.storage.models import Client, Conversation, SlotOffer
+from handlers.common import room_is_private
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,17 +97,10 @@ async def offer_chosen_from(room_id: str, client_key: str, text: str) -> SlotOff
 
 
 def is_shared(ctx: Context) -> bool:
-    """Someone besides the client, the bot, staff and bridges could read this room (§7)."""
+    """Someone besides the sender, the bot and staff could read this room (§7), so the
+    sender's requests are held in their private room. For a Matrix sender a bridge account is
+    other people (everyone in the bridged conversation reads it); a sender behind a bridge is
+    never moved (a Talk user cannot be invited into a Matrix room)."""
     if ctx.sender.bridged:
-        return False  # bridged rooms are never moved
-    services = ctx.services
-    identity = services.identity
-    if ctx.room_id in services.config.matrix.support_rooms:
-        return True
-    mine = {identity.bot_user_id(), ctx.sender.user_id}
-    return any(
-        member not in mine
-        and not identity.is_bridge(member)
-        and not identity.is_staff_user(member)
-        for member in services.transport.joined_members(ctx.room_id)
-    )
+        return False
+    return not room_is_private(ctx.services, ctx.room_id, ctx.sender.key)
