@@ -354,6 +354,8 @@ class Deliverer:
             return await self.transport.send_event(
                 item.room_id, "m.reaction", {"m.relates_to": relates}, item.txn_id
             )
+        if item.kind == "redaction":
+            return await self._redact(item)
         if item.kind == "file":
             data = bytes.fromhex(content["data"])
             uri = await self.transport.upload(data, content["mimetype"], content["filename"])
@@ -370,6 +372,20 @@ class Deliverer:
                 item.txn_id,
             )
         raise ValueError(f"unknown outbox kind {item.kind!r}")
+
+    async def _redact(self, item: OutboxItem) -> str:
+        """Redact the bot's own event `target` (an erasure). A redaction the homeserver
+        refuses for good (the event is gone, the bot left the room or lacks the power) is done
+        with: the bot redacts what it can, and there is nothing to retry or to alert about."""
+        target = await self._resolve(item.target)
+        if target:
+            try:
+                await self.transport.redact(item.room_id, target, item.content.get("reason"))
+            except TransportError as error:
+                if error.retryable:
+                    raise
+                log.info("redaction in %s refused: %s", item.room_id, error)
+        return ""
 
     async def _after_sent(self, item: OutboxItem, event_id: str) -> None:
         """The row's tag (`on_sent`) now stands for the event sent."""

@@ -49,6 +49,10 @@ class Transport(Protocol):
 
     async def upload(self, data: bytes, content_type: str, filename: str) -> str: ...
 
+    async def redact(self, room_id: str, event_id: str, reason: str | None = None) -> None:
+        """Redact an event (the bot's own, when it erases what it wrote about someone); asking
+        again for the same event is harmless."""
+
     async def create_room(
         self,
         *,

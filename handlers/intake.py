@@ -18,8 +18,18 @@ Decisions worth knowing:
   conversation moves to a private room with the client and the configured staff, created once
   and remembered on the client (`Client.private_room_id`). The shared room is only told that it
   moved; nothing of the request is written there. Later messages in the shared room are
-  answered in the private room. Bridged senders are never moved (a Talk user cannot be invited
-  into a Matrix room); an intake already running in a room goes on where it is.
+  answered in the private room. For a Matrix sender a bridge account is other people: every
+  participant of the bridged conversation reads it. Bridged senders are never moved (a Talk
+  user cannot be invited into a Matrix room); an intake already running in a room goes on
+  where it is. The rule and the room itself are `handlers.common`'s (`room_is_private`,
+  `private_room`): messages about a ticket check it again when they are sent.
+* **Bridged rooms.** A nickname is not an identity: anyone in the Talk conversation can take
+  it, and everyone there reads the answers. So nothing stored is shown back there: an e-mail
+  address known from an earlier request is neither offered nor reused (the client types it for
+  each request, and the address on file is not changed from there), and `!tickets`, `!status`
+  and `!cancel` of a ticket are refused with a pointer to the support e-mail or a direct chat.
+  What the client typed for the request being made (its summary) is shown, as elsewhere.
+  Someone else's reference still answers "not found", exactly as one that does not exist.
 * **Slot choices.** After a call ticket the booking module offers numbered slots and reads the
   client's number as plain text. A bare number (or keycap) while the client has an active slot
   offer in this room and no intake running is routed to the booking module (the situation
@@ -48,7 +58,7 @@ import dataclasses
 import logging
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bot.cards import CHANNEL_LABELS, KIND_LABELS, STATUS_LABELS, defuse
 from bot.domain.intake import (
@@ -87,9 +97,11 @@ from handlers.common import (
     change,
     client_ticket,
     find_ref,
-    invite_back,
     post_card,
+    private_room,
     refresh_card,
+    refuse_if_bridged,
+    room_is_private,
 )
 from handlers.effects import OfferSlots
 from handlers.state import RunningIntake, running_intake
@@ -135,14 +147,6 @@ NOTE_TICKET_GONE = N_(
     "new request."
 )
 
-MOVED = N_(
-    "I have invited you to a private room to keep your request confidential. Please accept "
-    "the invitation: we continue there."
-)
-CONTINUE_PRIVATE = N_(
-    "To keep your request confidential, I have answered you in your private room."
-)
-ROOM_NAME = N_("Support request: {user}")
 ROOM_FAILED = N_(
     "I could not open a private room for your request. Please write to me in a direct chat "
     "instead."
@@ -182,6 +186,7 @@ _PREFIX_FIELD = {
 }
 _CALLS = frozenset({Channel.VIDEO, Channel.PHONE})
 _NOT_OPEN = ENDED_STATUSES | {Status.CLOSED}
+_DROPPED = frozenset({IntakeStep.CANCELLED, IntakeStep.EXPIRED})
 
 
 # -- the conversation ------------------------------------------------------------------------
@@ -252,10 +257,12 @@ async def cancel_request(ctx: Context) -> None:
             for msg in transition.replies:
                 ctx.reply(msg)
             return
+        refuse_if_bridged(ctx)  # not even whether the nickname has open tickets
         if not await repo.open_tickets_for(ctx.sender.key):
             ctx.reply(Msg(NOTHING_TO_CANCEL))
             return
-    ticket = await client_ticket(ctx)
+    ticket = await client_ticket(ctx)  # someone else's ticket is "not found", bridged or not
+    refuse_if_bridged(ctx)
     await change(
         ctx, ticket, cancel_by_client(repo.ticket_state(ticket)), action="cancelled_by_client"
     )
@@ -266,6 +273,7 @@ async def cancel_request(ctx: Context) -> None:
 
 @router.command("tickets", help=HELP_TICKETS)
 async def list_tickets(ctx: Context) -> None:
+    refuse_if_bridged(ctx)
     here = await _conversation_context(ctx)
     tickets = (
         await Ticket.filter(client__key=ctx.sender.key)
@@ -292,6 +300,7 @@ async def list_tickets(ctx: Context) -> None:
 @router.command("status", "statut", help=HELP_STATUS, usage="SP-…")
 async def show_status(ctx: Context) -> None:
     ticket = await client_ticket(ctx)  # someone else's ticket is "not found"
+    refuse_if_bridged(ctx)
     here = await _conversation_context(ctx)
     category = next((c.label for c in CATEGORIES if c.key == ticket.category), ticket.category)
     parts = [
@@ -321,17 +330,17 @@ async def _start(ctx: Context, conv: Conversation | None, text: str, *, related:
     """A new intake in `ctx.room_id` (replacing a finished or, for !new, a running one)."""
     client = await Client.get_or_none(key=ctx.sender.key)
     open_ref = await _open_ticket_ref(ctx.sender.key, ctx.room_id) if related else None
-    transition = start(
-        now=ctx.now,
-        text=text,
-        known_email=client.email if client is not None else None,
-        open_ticket_ref=open_ref,
-    )
+    # Behind a bridge a known address would be shown to whoever took the nickname.
+    known = client.email if client is not None and not ctx.sender.bridged else None
+    transition = start(now=ctx.now, text=text, known_email=known, open_ticket_ref=open_ref)
     await _apply(ctx, conv, transition)
 
 
 async def _advance(ctx: Context, conv: Conversation, text: str) -> None:
-    await _apply(ctx, conv, advance(intake_from_data(conv.data), text, now=ctx.now))
+    intake = intake_from_data(conv.data)
+    if ctx.sender.bridged:  # an intake stored before known addresses were kept out of bridges
+        intake = dataclasses.replace(intake, known_email=None)
+    await _apply(ctx, conv, advance(intake, text, now=ctx.now))
 
 
 async def _apply(ctx: Context, conv: Conversation | None, transition: Transition) -> None:
@@ -359,7 +368,7 @@ async def _save(ctx: Context, conv: Conversation | None, intake: Intake) -> None
     remind_after, expire_after = _timeouts(ctx.services)
     values = {
         "step": intake.step.value,
-        "data": intake_to_data(intake),
+        "data": _stored_data(intake),
         "updated_at": ctx.now,
         "due_at": due_at(intake, remind_after=remind_after, expire_after=expire_after),
     }
@@ -373,6 +382,15 @@ async def _save(ctx: Context, conv: Conversation | None, intake: Intake) -> None
     )
     if not updated:
         raise DomainError(Msg(CONFLICT))
+
+
+def _stored_data(intake: Intake) -> dict[str, Any]:
+    """The conversation's `data`. A request that was dropped (cancelled, expired) keeps only
+    its step and times: nothing will come of what the client typed for it, so it is not kept
+    (the row stays, for its version and step)."""
+    if intake.step in _DROPPED:
+        intake = Intake(intake.step, intake.started_at, intake.last_activity_at)
+    return intake_to_data(intake)
 
 
 async def _open_request(ctx: Context, effect: OpenRequest, *, before: list[str]) -> None:
@@ -400,7 +418,8 @@ async def _open_request(ctx: Context, effect: OpenRequest, *, before: list[str])
         created_at=ctx.now,
         sla_due=services.calendar.deadline(ctx.now, days),
     )
-    client.email = effect.email
+    if not ctx.sender.bridged:  # behind a bridge, the address stays with its request
+        client.email = effect.email
     first_request = client.terms_shown_at is None
     if first_request:
         client.terms_shown_at = ctx.now
@@ -518,31 +537,11 @@ async def _conversation_context(ctx: Context) -> Context:
 
 async def _private_room(ctx: Context, client: Client) -> str:
     """The client's private room (created the first time); the shared room is told so."""
-    transport = ctx.services.transport
-    room_id = client.private_room_id
-    if room_id is not None:
-        await invite_back(ctx, room_id, ctx.sender.user_id)
-        ctx.reply(Msg(CONTINUE_PRIVATE))
-        return room_id
-    config = ctx.services.config.matrix
-    invite = [ctx.sender.user_id]
-    invite += [s for s in config.staff if s not in invite and s != config.user_id]
     try:
-        room_id = await transport.create_room(
-            name=ctx.render(Msg(ROOM_NAME, {"user": ctx.sender.display})),
-            invite=invite,
-            is_direct=False,
-            encrypted=transport.is_encrypted(ctx.room_id),
-            key=ctx.services.room_key("private", ctx.sender.key),
-        )
+        return await private_room(ctx, client, ctx.room_id)
     except TransportError as error:
         log.warning("could not create a private room: %s", error)
         raise DomainError(Msg(ROOM_FAILED)) from None
-    client.private_room_id = room_id
-    await client.save(update_fields=["private_room_id"])
-    log.info("request moved from shared room %s to private room %s", ctx.room_id, room_id)
-    ctx.reply(Msg(MOVED))
-    return room_id
 
 
 def _timeouts(services: Services) -> tuple[timedelta, timedelta]:
@@ -595,14 +594,19 @@ async def _time_out(conv_id: int, version: int, action: str, ctx: Context) -> No
         transition = remind(intake, ctx.now, expire_after)
     updated = await Conversation.filter(id=conv.id, version=version).update(
         step=transition.intake.step.value,
-        data=intake_to_data(transition.intake),
+        data=_stored_data(transition.intake),
         version=version + 1,
         updated_at=ctx.now,
         due_at=due_at(transition.intake, remind_after=remind_after, expire_after=expire_after),
     )
     if not updated:
         return
-    for msg in transition.replies:
+    replies = transition.replies
+    if not room_is_private(ctx.services, conv.room_id, conv.client_key):
+        # Others joined since the intake started: only the note (the first reply) says
+        # nothing of the request; the question restated after it may be the summary.
+        replies = replies[:1]
+    for msg in replies:
         # A reminder may restate the summary: defused like every echo of the client's text.
         ctx.to_client(conv.room_id, conv.client_key, defuse(ctx.render(msg)))
 

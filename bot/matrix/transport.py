@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import hashlib
 import io
 import logging
 from collections.abc import Awaitable, Callable
@@ -45,6 +46,7 @@ from nio import (
     RoomInviteResponse,
     RoomMemberEvent,
     RoomPreset,
+    RoomRedactResponse,
     RoomSendResponse,
     UploadResponse,
 )
@@ -318,6 +320,17 @@ class NioTransport:
         except TransportError:
             return None
         return room_id if self.bot_user_id in self.joined_members(room_id) else None
+
+    async def redact(self, room_id: str, event_id: str, reason: str | None = None) -> None:
+        client = self._nio()
+        # A transaction id derived from the event: a retry after a crash is the same request,
+        # which the homeserver deduplicates.
+        txn_id = "rd" + hashlib.sha256(event_id.encode()).hexdigest()[:24]
+        await call(
+            f"redact in {room_id}",
+            lambda: client.room_redact(room_id, event_id, reason=reason, tx_id=txn_id),
+            expect=RoomRedactResponse,
+        )
 
     async def invite(self, room_id: str, user_id: str) -> None:
         client = self._nio()
