@@ -23,6 +23,7 @@ from bot.i18n import Catalogs
 from bot.mail import Mailer
 from bot.matrix.client import MatrixShell
 from bot.outbox import Deliverer
+from bot.process import private_umask
 from bot.services import Metrics, Services, sweep_forever, utc_now
 from bot.storage.db import close_db, open_db
 from bot.storage.tags import SentTags
@@ -62,6 +63,7 @@ async def run_bot(
     # First, so that the version is in the log even when start-up fails (a migration, a
     # catalog, the homeserver): that is when an operator needs to know which code ran.
     log.info("support-bot %s starting", version())
+    private_umask()  # before the first file: the database and the key store hold secrets
     catalogs = Catalogs.load(default=config.service.default_locale)
     applied = await open_db(config.database.url)
     if applied:
@@ -129,6 +131,8 @@ async def run_bot(
             on_confirmed=on_confirmed,
             clock=clock,
             sync_state=shell.sync_state,
+            # Asked at each calendar feed fetch: the feeds carry moderator links.
+            is_staff=lambda user_id: services.identity.is_staff_user(user_id),
         )
         web_runner = await start_web(web, config.web.listen)
 
@@ -159,6 +163,8 @@ async def run_bot(
             return
         deliverer.start()
         tasks.append(asyncio.create_task(sweep_forever(services, handlers.sweepers(), stop)))
+        # A flooder's deferred messages, handled at the allowed pace beside the sync loop.
+        tasks.append(asyncio.create_task(dispatcher.run_deferred_forever(stop)))
         sync_task = asyncio.create_task(shell.run(), name="matrix-sync")
         tasks.append(sync_task)
         log.info("support-bot ready as %s", config.matrix.user_id)

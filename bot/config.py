@@ -38,6 +38,8 @@ VideoProvider = Literal["jitsi", "bigbluebutton", "nextcloud_talk"]
 ConfirmationMode = Literal["email", "chat"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LogFormat = Literal["text", "json"]
+# `[mail] tls` (a plain string field: the parser reads `Literal` only without `| None`).
+MAIL_TLS = ("starttls", "implicit", "none")
 
 # `field(metadata=SECRET)` marks a value that check-config shows as "set", never as written.
 SECRET: Mapping[str, bool] = types.MappingProxyType({"secret": True})
@@ -95,6 +97,9 @@ class ServiceConfig:
     confirmation_link_days: int = 7
     warranty_days: int = 7
     max_message_chars: int = 20_000
+    # Sent (or failed) outbox rows hold what the bot said, client texts included: they are
+    # deleted this many days after they were sent (failed ones: after they were written).
+    outbox_retention_days: int = 3
     flood_messages_per_minute: int = 20
     slot_minutes: int = 45
     slot_buffer_minutes: int = 15
@@ -129,7 +134,16 @@ class LoggingConfig:
 class MailConfig:
     host: str = "localhost"
     port: int = 25
-    starttls: bool = False
+    # None: STARTTLS whenever the server offers it, required off this machine (TLS from the
+    # start on port 465); `bot.mail.tls_mode` resolves it. "none" is the only way to clear text
+    # to a server elsewhere.
+    tls: str | None = None  # one of MAIL_TLS
+    # Deprecated alias of `tls`: true is "starttls", false is the default (it no longer turns
+    # STARTTLS off: every copy of the old example said false and sent consent links in clear).
+    starttls: bool | None = None
+    # CA certificates (PEM) trusted instead of the system's, for a private CA or a
+    # self-signed server. Certificates are always verified.
+    ca_file: str | None = None
     username: str | None = None
     password: str | None = field(default=None, metadata=SECRET)
     from_: str = "support@localhost"  # TOML key: `from`
@@ -837,6 +851,10 @@ def _email(value: str) -> str | None:
     return None
 
 
+def _mail_tls(value: str) -> str | None:
+    return None if value in MAIL_TLS else "must be one of " + ", ".join(f'"{c}"' for c in MAIL_TLS)
+
+
 def _nick_format(value: str) -> str | None:
     return None if "{NICK}" in value else 'must contain "{NICK}", e.g. "[{PROTOCOL}] <{NICK}> "'
 
@@ -868,6 +886,7 @@ _CHECKS: Mapping[tuple[type, str], Callable[[Any], str | None]] = {
     (ServiceConfig, "confirmation_link_days"): _at_least(1),
     (ServiceConfig, "warranty_days"): _at_least(0),
     (ServiceConfig, "max_message_chars"): _at_least(1),
+    (ServiceConfig, "outbox_retention_days"): _at_least(1),
     (ServiceConfig, "flood_messages_per_minute"): _at_least(1),
     (ServiceConfig, "slot_minutes"): _at_least(1),
     (ServiceConfig, "slot_buffer_minutes"): _at_least(0),
@@ -881,6 +900,8 @@ _CHECKS: Mapping[tuple[type, str], Callable[[Any], str | None]] = {
     (MailConfig, "host"): _non_empty,
     (MailConfig, "port"): _between(1, 65535),
     (MailConfig, "from_"): _email,
+    (MailConfig, "tls"): _mail_tls,
+    (MailConfig, "ca_file"): _non_empty,
     (JitsiConfig, "base_url"): _http_url,
     (JitsiConfig, "token_minutes"): _at_least(1),
     (BigBlueButtonConfig, "url"): _http_url,
@@ -917,6 +938,11 @@ def _check_across(values: dict[str, Any], report: _Report) -> None:
             "web.secret",
             f"required: a random string of at least {MIN_SECRET_CHARS} characters that signs"
             f" confirmation links (or the variable {env_name('web.secret')})",
+        )
+    if "tls" in mail and "starttls" in mail and not report.covers("mail.starttls"):
+        report.add(
+            "mail.starttls",
+            "deprecated alias of mail.tls, which is set too: remove mail.starttls",
         )
     if "username" in mail and "password" not in mail and not report.covers("mail.password"):
         report.add(

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 from zoneinfo import ZoneInfo
 
+from bot import logcontext
 from bot.config import Config
 from bot.i18n import Catalogs, Translator, normalize_locale
 from bot.identity import Identity
@@ -129,7 +130,8 @@ async def sweep_forever(
     while not stop.is_set():
         for sweeper in sweepers:
             try:
-                await sweeper(services, services.clock())
+                with logcontext.bound():  # what a sweep binds ends with it
+                    await sweeper(services, services.clock())
             except Exception:
                 log.exception("sweeper %s failed", getattr(sweeper, "__name__", sweeper))
         with contextlib.suppress(TimeoutError):

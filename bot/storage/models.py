@@ -330,3 +330,25 @@ class UndecryptedEvent(Model):
 
     class Meta:
         table = "undecrypted_event"
+
+
+# A message held back from a client sending too many too quickly (`bot.dispatch`): its event
+# id is already in `handled_event` (a redelivery does nothing), and it is handled later, in
+# the order of `id` within its lane, once `due_at` has come. Holds what the client wrote.
+class DeferredEvent(Model):
+    id = fields.IntField(primary_key=True)
+    # One order and one pace: the sender's key, or for a bridge account every nickname it
+    # relays in one room together ("bridge-room:<room id>:<bridge account>").
+    lane = fields.CharField(max_length=600)
+    room_id = fields.CharField(max_length=255)
+    # The `bot.events` value: its class name under "kind", its fields, `ts` in ISO 8601.
+    event = fields.JSONField()
+    due_at = fields.DatetimeField()
+    deferred_at = fields.DatetimeField()
+
+    class Meta:
+        table = "deferred_event"
+        indexes = (
+            Index(fields=("lane", "id"), name="idx_deferred_event_lane"),
+            Index(fields=("due_at",), name="idx_deferred_event_due_at"),
+        )

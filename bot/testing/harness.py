@@ -112,6 +112,7 @@ class RecordingTransport:
         self.created_rooms: list[dict[str, Any]] = []
         self.room_keys: dict[str, str] = {}
         self.invites: list[tuple[str, str]] = []
+        self.redactions: list[tuple[str, str, str | None]] = []  # room, event, reason
         self.members: dict[str, set[str]] = {STAFF_ROOM: {BOT, STAFF}}
         self.powers: dict[str, dict[str, int]] = {STAFF_ROOM: {STAFF: 50}}
         self.encrypted: set[str] = set()
@@ -140,6 +141,14 @@ class RecordingTransport:
     async def upload(self, data: bytes, content_type: str, filename: str) -> str:
         self.uploads.append((data, content_type, filename))
         return f"mxc://test/{len(self.uploads)}"
+
+    async def redact(self, room_id: str, event_id: str, reason: str | None = None) -> None:
+        from bot.ports import TransportError
+
+        if self.fail_next:
+            self.fail_next -= 1
+            raise TransportError("simulated outage", retryable=True)
+        self.redactions.append((room_id, event_id, reason))
 
     async def create_room(
         self,
@@ -321,6 +330,8 @@ class BotHarness:
 
     async def sweep(self) -> list[Sent]:
         before = len(self.transport.sent)
+        # What the bot's replay task would have done by now: a flooder's deferred messages.
+        await self.dispatcher.run_deferred(self.clock())
         for sweeper in self.sweepers:
             await sweeper(self.services, self.clock())
         await self.deliverer.deliver_pending()
