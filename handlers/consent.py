@@ -44,6 +44,7 @@ from handlers.common import (
     locked_client_ticket,
     locked_staff_ticket,
     refresh_card,
+    refuse_if_bridged,
     rest_of_args,
     tell_client,
 )
@@ -231,6 +232,7 @@ _CONFIRMABLE = frozenset({Status.AWAITING_CLIENT_CONFIRMATION})
     usage="SP-…",
 )
 async def confirm(ctx: Context) -> None:
+    refuse_if_bridged(ctx)  # a nickname cannot give a client's consent to be billed
     ticket = await locked_client_ticket(ctx, _CONFIRMABLE)
     decision = _decided(lifecycle.client_confirm(repo.ticket_state(ticket), ctx.now))
     if ctx.services.config.service.confirmation != "chat":

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from bot.i18n import N_, Msg
 from bot.routing import Context, Outgoing, Router
 from bot.storage import repo
+from handlers.common import refuse_if_bridged
 
 if TYPE_CHECKING:
     from bot.services import Services
@@ -59,6 +60,9 @@ ERASED_CARD = N_("{ref}: the client's personal data has been erased.")
 
 @router.command("forget-me", "oubliez-moi", help=N_("Delete the personal data I keep about you."))
 async def forget_me(ctx: Context) -> None:
+    # Behind a bridge anyone can take a nickname: erasing on its word would let Bob erase
+    # Alice. Refused there, with a pointer to a private channel.
+    refuse_if_bridged(ctx)
     if ctx.is_staff:
         ctx.reply(Msg(NOT_FOR_STAFF))
         return

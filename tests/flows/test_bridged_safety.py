@@ -263,3 +263,12 @@ async def test_an_intake_reminder_in_a_room_that_gained_members_restates_nothing
     (reminder,) = [s for s in sent if s.room_id == DM]
     assert reminder.body.startswith("Rappel")
     assert "ZEBRA-QUOTA" not in reminder.body and ALICE_MAIL not in reminder.body
+
+
+async def test_forget_me_and_confirm_are_refused_behind_a_bridge(bot):
+    """A nickname proves nothing: neither erasing nor consenting to billing on its word."""
+    for command in ("!forget-me confirm", "!confirm SP-2026-0001"):
+        sent = await bot.say(TALK, BRIDGE, f"[nctalk] <Alice> {command}")
+        assert len(sent) == 1
+        assert sent[0].room_id == TALK
+        assert "discussion directe sur Matrix" in sent[0].body  # French first
