@@ -57,6 +57,7 @@ from handlers.meetings import (
     ClientOut,
     attach_meeting,
     call_kind,
+    end_meetings,
     is_bookable,
     schedule_reminders,
     send_invitation,
@@ -529,4 +530,5 @@ async def cancel_call(
     return True
 
 
-SWEEPERS = [send_reminders]  # reminders and late meeting links: handlers.meetings
+# Reminders, late meeting links and the end of meetings no longer needed: handlers.meetings
+SWEEPERS = [send_reminders, end_meetings]

@@ -1,8 +1,9 @@
 """What follows a booked call (part of SPEC R4–R6, §5): its meeting link from the video
-provider, its `.ics` invitation, its persisted reminders and the retry of a missing link; and
-the pieces of a call the booking side shares with them (which tickets have a call, writing to
-the ticket's client, the staff's clock). A support module without a router: imported by
-`handlers.booking`, which lists `send_reminders` in its `SWEEPERS`; it imports no router module.
+provider, its `.ics` invitation, its persisted reminders and the retry of a missing link, and
+the end of its meeting once it is cancelled, replaced or over; and the pieces of a call the
+booking side shares with them (which tickets have a call, writing to the ticket's client, the
+staff's clock). A support module without a router: imported by `handlers.booking`, which lists
+`send_reminders` and `end_meetings` in its `SWEEPERS`; it imports no router module.
 
 Decisions worth knowing:
 
@@ -17,6 +18,16 @@ Decisions worth knowing:
   When several are due at once (the bot was down), only the nearest is sent; none once the call
   has started. Reminders within an hour of the call also `prepare()` the meeting (BigBlueButton
   forgets idle meetings) and give staff their link again.
+* **Ending meetings, after the commit.** A cancelled or replaced booking, or an active one whose
+  call ended `END_AFTER` ago, keeps its meeting until `end_meetings` (a sweeper, so never inside
+  a handler's transaction) calls `end_meeting()` (Talk deletes the conversation, BigBlueButton
+  ends the meeting, Jitsi has nothing to end) and then sets `Booking.meeting_ended_at`. A crash
+  in between ends it again, which providers take as success. A meeting that an active booking
+  still uses (the same ticket and slot booked again: the same meeting id) is not ended: that
+  booking ends it in its turn; one booked again while the sweeper was ending it loses its link,
+  and the link retry sends a new one. A failure is retried at the next sweep; after
+  `END_MAX_FAILURES` failures, or `END_GIVE_UP_AFTER` after the first, the meeting is left to
+  the provider with a warning.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tortoise.expressions import Q
+from tortoise.queryset import QuerySet
 
 from bot.calendar_ics import invitation_ics
 from bot.cards import CHANNEL_LABELS
@@ -39,7 +51,7 @@ from bot.i18n import N_, Msg, Translator
 from bot.routing import Context
 from bot.services import Services
 from bot.storage import repo
-from bot.storage.models import Booking, Client, Reminder, Ticket
+from bot.storage.models import Booking, Client, Notice, Reminder, Ticket
 from bot.video import Meeting, VideoError
 from handlers.common import ACTIVE_BOOKING, client_room, client_translator
 
@@ -51,6 +63,15 @@ PREPARE_WITHIN_MINUTES = 60
 #: How often a missing meeting link is asked for again.
 LINK_RETRY = timedelta(minutes=5)
 ALARM_MINUTES = 15
+#: An active booking's meeting is ended this long after its slot: calls overrun, and ending
+#: one sends everybody in it away.
+END_AFTER = timedelta(hours=3)
+#: Bookings looked at per sweep: the first sweep after an upgrade finds every past one.
+END_BATCH = 50
+#: Failed attempts (one per sweep), or time since the first, after which the meeting is left
+#: to the provider (BigBlueButton forgets meetings on its own; a Talk conversation stays).
+END_MAX_FAILURES = 20
+END_GIVE_UP_AFTER = timedelta(days=1)
 
 # --- messages (English msgids) ---------------------------------------------------------------
 
@@ -425,3 +446,115 @@ def _link_follows(booking_id: int, meeting: Meeting) -> Job:
         )
 
     return job
+
+
+# --- ending meetings (the sweeper) -----------------------------------------------------------
+
+
+async def end_meetings(services: Services, now: datetime) -> None:
+    """End the meetings of cancelled bookings and of calls over for `END_AFTER`, outside any
+    transaction (after the commits that cancelled them); see the module doc."""
+    video = services.video
+    if video is None:
+        return  # nothing can be ended now; the rows wait for a configured provider
+    bookings = await (
+        Booking.filter(meeting_ended_at=None)
+        .filter(
+            Q(status=repo.CANCELLED_BOOKING) | Q(status=ACTIVE_BOOKING, end__lte=now - END_AFTER)
+        )
+        .select_related("ticket")
+        .order_by("id")
+        .limit(END_BATCH)
+    )
+    for booking in bookings:
+        await _end_meeting(services, booking, now)
+
+
+async def _end_meeting(services: Services, booking: Booking, now: datetime) -> None:
+    video = services.video
+    assert video is not None  # checked by the caller
+    meeting = meeting_of(booking, booking.ticket, services.config.service.slot_minutes)
+    if meeting is None:
+        await _meeting_done(booking, now)  # never had one (the provider failed, or none was set)
+        return
+    if await _meeting_users(booking, now):
+        # The same ticket and slot booked again: the same meeting id, now that booking's, which
+        # ends it when its own turn comes. Done here, so this row does not wait for it.
+        await _meeting_done(booking, now)
+        return
+    if video.name != meeting.provider:
+        log.warning(
+            "meeting of booking %s is on %s, not on the configured video service: not ended",
+            booking.id,
+            meeting.provider,
+        )
+        await _meeting_done(booking, now)
+        return
+    try:
+        await video.end_meeting(meeting)
+    except VideoError as error:
+        await _meeting_failed(booking, error, now)
+        return
+    await _meeting_done(booking, now)
+    await _reissue_if_taken(booking, now)
+
+
+def _active_with_meeting(booking: Booking, now: datetime) -> QuerySet[Booking]:
+    """Active bookings whose call is not over for `END_AFTER` that share `booking`'s meeting."""
+    return Booking.filter(
+        status=ACTIVE_BOOKING,
+        provider=booking.provider,
+        meeting_id=booking.meeting_id,
+        end__gt=now - END_AFTER,
+    ).exclude(id=booking.id)
+
+
+async def _meeting_users(booking: Booking, now: datetime) -> bool:
+    return await _active_with_meeting(booking, now).exists()
+
+
+async def _reissue_if_taken(booking: Booking, now: datetime) -> None:
+    """A booking of the same ticket and slot committed while the meeting was being ended holds
+    a link to a meeting that is gone: its link is dropped, so the link retry of
+    `send_reminders` asks for a new meeting and sends it to the client and staff."""
+    taken = await _active_with_meeting(booking, now).values_list("id", flat=True)
+    if not taken:
+        return
+    log.warning(
+        "meeting of booking %s was ended while booked again: a new link follows", booking.id
+    )
+    await Booking.filter(id__in=list(taken), status=ACTIVE_BOOKING).update(
+        meeting_id=None, client_url=None, staff_url=None, link_retry_at=None
+    )
+
+
+def _failure_prefix(booking_id: int) -> str:
+    # One `Notice` row per failed attempt: the count and the first failure's time survive a
+    # restart, as every time-out of the bot does, without a column of their own.
+    return f"meeting-end-failed:{booking_id}:"
+
+
+async def _meeting_done(booking: Booking, now: datetime) -> None:
+    await Booking.filter(id=booking.id, meeting_ended_at=None).update(meeting_ended_at=now)
+    await Notice.filter(key__startswith=_failure_prefix(booking.id)).delete()
+
+
+async def _meeting_failed(booking: Booking, error: VideoError, now: datetime) -> None:
+    """Count a failure (retried at the next sweep), or give up after too many or too long."""
+    prefix = _failure_prefix(booking.id)
+    earlier = await Notice.filter(key__startswith=prefix).order_by("at")
+    failures = len(earlier) + 1
+    first = earlier[0].at if earlier else now
+    if failures < END_MAX_FAILURES and now - first < END_GIVE_UP_AFTER:
+        log.info("meeting of booking %s not ended (%s): tried again later", booking.id, error.key)
+        await Notice.create(key=f"{prefix}{failures}", at=now)
+        return
+    # The error key only: its detail names the server, and the meeting id or token (a Talk
+    # token is the link itself) stays out of logs.
+    log.warning(
+        "meeting of booking %s not ended after %d attempts (%s): left to the video service",
+        booking.id,
+        failures,
+        error.key,
+    )
+    await _meeting_done(booking, now)

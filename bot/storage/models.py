@@ -233,6 +233,10 @@ class Booking(Model):
     created_at = fields.DatetimeField()
     # No meeting link yet (the provider failed): when the reminder sweeper asks again.
     link_retry_at = fields.DatetimeField(null=True)
+    # When the sweeper was done with the provider's meeting once the booking was cancelled or
+    # its call long over (ended, nothing to end, left to a booking re-using it, or given up):
+    # NULL while that is still to do.
+    meeting_ended_at = fields.DatetimeField(null=True)
 
     class Meta:
         table = "booking"

@@ -1,6 +1,6 @@
 """A BigBlueButton API stand-in that checks requests the way the real server does.
 
-Only `create`, `join` and the version probe (`GET {base}`) are served, each as the real
+Only `create`, `join`, `end` and the version probe (`GET {base}`) are served, each as the real
 server answers (XML, `returncode`, `messageKey`, `message`). Checks, in the server's order:
 
 * checksum — recomputed over the query string *as received on the wire*, without the
@@ -16,9 +16,15 @@ server answers (XML, `returncode`, `messageKey`, `message`). Checks, in the serv
   count, so a repeated `create` without passwords is `idNotUnique` too;
 * `join`: `missingParamFullName`, `missingParamMeetingID`, `notFound` for an unknown meeting,
   `invalidPassword` without a valid `role` or password, `mismatchCreateTimeParam`; success
-  redirects (302) to the client, or answers XML with `redirect=false`.
+  redirects (302) to the client, or answers XML with `redirect=false`;
+* `end`: `missingParamMeetingID`, `validationError` (the same id rules as `create`),
+  `notFound` for a meeting the server does not have, `invalidPassword` when a `password` is
+  given that is not the meeting's moderator password (current servers need none: the
+  parameter is deprecated); success is `SUCCESS` `sentEndMeetingRequest`, and the meeting is
+  gone (its links answer `notFound`, a later `create` starts a new one).
 
-Accepted requests are kept in `accepted` (and refused ones in `refused`), joins in `joins`.
+Accepted requests are kept in `accepted` (and refused ones in `refused`), joins in `joins`, the
+ids of ended meetings in `ended`.
 """
 
 from __future__ import annotations
@@ -118,6 +124,7 @@ class FakeBigBlueButton:
     refused: list[FakeRequest] = field(default_factory=list)
     meetings: dict[str, FakeMeeting] = field(default_factory=dict)
     joins: list[FakeJoin] = field(default_factory=list)
+    ended: list[str] = field(default_factory=list)
     base_url: str = field(default="", init=False)
     _runner: web.AppRunner | None = field(default=None, init=False, repr=False)
 
@@ -207,6 +214,8 @@ class FakeBigBlueButton:
             return self._create(values, params, record)
         if call == "join":
             return self._join(values, record)
+        if call == "end":
+            return self._end(values, record)
         return self._failed(
             record("unsupportedRequest"), "unsupportedRequest", "This request is not supported."
         )
@@ -219,22 +228,9 @@ class FakeBigBlueButton:
     ) -> web.Response:
         meeting_id = values.get("meetingID", "")
         name = values.get("name")
-        if not meeting_id:
-            return self._failed(
-                record("missingParamMeetingID"),
-                "missingParamMeetingID",
-                "You must provide a meeting ID",
-            )
-        if not 2 <= len(meeting_id) <= 256:
-            return self._failed(
-                record("validationError"),
-                "validationError",
-                "Meeting ID must be between 2 and 256 characters",
-            )
-        if "," in meeting_id:
-            return self._failed(
-                record("validationError"), "validationError", "Meeting ID cannot contain ','"
-            )
+        refused = self._meeting_id_error(meeting_id, record)
+        if refused is not None:
+            return refused
         if not name:
             return self._failed(
                 record("validationError"), "validationError", "You must provide a meeting name"
@@ -298,6 +294,61 @@ class FakeBigBlueButton:
                 ("hasBeenForciblyEnded", "false"),
                 ("messageKey", key),
                 ("message", message),
+            ]
+        )
+
+    def _meeting_id_error(
+        self, meeting_id: str, record: Callable[[str], FakeRequest]
+    ) -> web.Response | None:
+        """The answer refusing a meeting id (missing, wrong length, a comma), else None."""
+        if not meeting_id:
+            return self._failed(
+                record("missingParamMeetingID"),
+                "missingParamMeetingID",
+                "You must provide a meeting ID",
+            )
+        if not 2 <= len(meeting_id) <= 256:
+            return self._failed(
+                record("validationError"),
+                "validationError",
+                "Meeting ID must be between 2 and 256 characters",
+            )
+        if "," in meeting_id:
+            return self._failed(
+                record("validationError"), "validationError", "Meeting ID cannot contain ','"
+            )
+        return None
+
+    def _end(self, values: dict[str, str], record: Callable[[str], FakeRequest]) -> web.Response:
+        meeting_id = values.get("meetingID", "")
+        refused = self._meeting_id_error(meeting_id, record)
+        if refused is not None:
+            return refused
+        meeting = self.meetings.get(meeting_id)
+        if meeting is None:
+            return self._failed(
+                record("notFound"), "notFound", "A meeting with that ID does not exist"
+            )
+        password = values.get("password")
+        if password is not None and password != meeting.moderator_pw:
+            return self._failed(
+                record("invalidPassword"),
+                "invalidPassword",
+                "The supplied moderator password is incorrect",
+            )
+        del self.meetings[meeting_id]
+        self.ended.append(meeting_id)
+        self.accepted.append(record("sentEndMeetingRequest"))
+        return self._xml(
+            [
+                ("returncode", "SUCCESS"),
+                ("messageKey", "sentEndMeetingRequest"),
+                (
+                    "message",
+                    "A request to end the meeting was sent.  Please wait a few seconds, and then"
+                    " use the getMeetingInfo or isMeetingRunning API calls to verify that it was"
+                    " ended",
+                ),
             ]
         )
 

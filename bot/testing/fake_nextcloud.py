@@ -1,31 +1,39 @@
 """A Nextcloud (Talk) stand-in that checks requests the way the real server does.
 
 Served: `POST /ocs/v2.php/apps/spreed/api/v4/room` (create a conversation),
-`GET /ocs/v2.php/apps/spreed/api/v4/room` (the conversations of the logged-in user) and
-`GET /call/{token}` (the page a link opens). Checks, in the server's order:
+`GET /ocs/v2.php/apps/spreed/api/v4/room` (the conversations of the logged-in user),
+`DELETE /ocs/v2.php/apps/spreed/api/v4/room/{token}` (delete one) and `GET /call/{token}` (the
+page a link opens). Checks, in the server's order:
 
+* a `{token}` outside Talk's route pattern `[a-z0-9]{4,30}` matches no route: plain `404`
+  (routing comes first);
 * basic auth with the configured user and app password, else `401` and the OCS failure
-  "Current user is not logged in" (login happens before anything else);
+  "Current user is not logged in" (once routed, login is checked before anything else);
 * `OCS-APIRequest: true`, else `412 Precondition Failed` `{"message":"CSRF check failed"}`
-  (basic auth does not exempt OCS calls from it); these two for both OCS calls;
+  (basic auth does not exempt OCS calls from it); these two for every OCS call;
 * creating: `roomType` among 1–3 (else 400, `data.error = "type"`), a `roomName` of 1–255
   characters for group and public conversations (else 400, `data.error = "name"`); JSON or
-  form bodies.
+  form bodies;
+* deleting: `404` when the logged-in user takes no part in a conversation of that token, `403`
+  when they are not its owner or a moderator (`participantType` 1 or 2), `400` for a
+  one-to-one conversation (type 1), as Talk documents it.
 
 Success is `201 Created` with the room in `ocs.data`; the listing is `200 OK` with a list of
 rooms in `ocs.data`: those the logged-in user takes part in, in creation order, whatever the
-query (`noStatusUpdate`, `includeLastMessage`… change nothing here). JSON when the request
-accepts `application/json`, XML otherwise, as OCS does (list items as `<element>`). Accepted
-requests are kept in `accepted` (a listing's `body` is its query), refused ones in `refused`,
-conversations in `rooms` (by token). As in Talk's answers, a room's `actorId` and
-`participantType` are its participant's (one per room here): the creator, as owner (1), for
-rooms created through the API; tests may add others to `rooms`.
+query (`noStatusUpdate`, `includeLastMessage`… change nothing here); deleting is `200 OK` with
+an empty `ocs.data`, and the conversation is forgotten (its link page then answers 404). JSON
+when the request accepts `application/json`, XML otherwise, as OCS does (list items as
+`<element>`). Accepted requests are kept in `accepted` (a listing's `body` is its query),
+refused ones in `refused`, conversations in `rooms` (by token). As in Talk's answers, a room's
+`actorId` and `participantType` are its participant's (one per room here): the creator, as
+owner (1), for rooms created through the API; tests may add others to `rooms`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import re
 import secrets
 from dataclasses import dataclass, field
 from typing import Any, Self
@@ -36,6 +44,10 @@ from aiohttp import web
 ROOM_PATH = "/ocs/v2.php/apps/spreed/api/v4/room"
 # Talk's tokens: 8 characters of Nextcloud's "human readable" alphabet.
 TOKEN_ALPHABET = "abcdefgijkmnopqrstwxyz23456789"
+# What Talk's routes accept as `{token}`; anything else is no route at all.
+TOKEN_ROUTE = re.compile(r"[a-z0-9]{4,30}")
+# Owner and moderator: the participant types that may delete a conversation.
+MODERATOR_TYPES = (1, 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +81,7 @@ class FakeNextcloud:
         app = web.Application()
         app.router.add_post(ROOM_PATH, self._create_room)
         app.router.add_get(ROOM_PATH, self._list_rooms)
+        app.router.add_delete(ROOM_PATH + "/{token}", self._delete_room)
         app.router.add_get("/call/{token}", self._call_page)
         return app
 
@@ -227,6 +240,29 @@ class FakeNextcloud:
         self.rooms[token] = room
         self._note(request, 201, user, body)
         return self._ocs(request, 201, "OK", room)
+
+    async def _delete_room(self, request: web.Request) -> web.Response:
+        token = request.match_info["token"]
+        if not TOKEN_ROUTE.fullmatch(token):
+            self._note(request, 404, None, None)
+            return web.Response(status=404, text="Page not found")
+        user = self._ocs_user(request)
+        if isinstance(user, web.Response):
+            return user
+        room = self.rooms.get(token)
+        if room is None or room["actorId"] != user:
+            # Talk looks the conversation up for the participant: not taking part is not found.
+            self._note(request, 404, user, None)
+            return self._ocs(request, 404, "", [])
+        if room["participantType"] not in MODERATOR_TYPES:
+            self._note(request, 403, user, None)
+            return self._ocs(request, 403, "", [])
+        if room["type"] == 1:
+            self._note(request, 400, user, None)
+            return self._ocs(request, 400, "", [])
+        del self.rooms[token]
+        self._note(request, 200, user, None)
+        return self._ocs(request, 200, "OK", [])
 
     async def _call_page(self, request: web.Request) -> web.Response:
         token = request.match_info["token"]

@@ -4,6 +4,7 @@
     meeting = await provider.create_meeting(booking_id=…, title="Support SP-2026-0042", …)
     # meeting.client_url → the client; meeting.staff_url → the staff room (moderator)
     await provider.prepare(meeting)  # shortly before the call (BigBlueButton re-creates)
+    await provider.end_meeting(meeting)  # once the call is cancelled or over, after the commit
 
 Every failure is a `VideoError(key, detail)`: show staff the key and detail, the client a
 generic message.

@@ -93,3 +93,13 @@ class VideoProvider(Protocol):
         (`create` is idempotent and the join links stay valid). Raises `VideoError`.
         """
         ...
+
+    async def end_meeting(self, meeting: Meeting) -> None:
+        """End the meeting for good: nobody joins it again with its links.
+
+        Called after the booking's change is committed (the call was cancelled, replaced or
+        is long over), and possibly again after a crash: a meeting that is already gone is
+        success. A no-op for Jitsi (its rooms vanish with their last participant); Nextcloud
+        Talk deletes the conversation, BigBlueButton sends `end`. Raises `VideoError`.
+        """
+        ...

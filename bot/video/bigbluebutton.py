@@ -28,6 +28,13 @@ carries that meeting's passwords or, on current servers, none; older ones (befor
 17937, 2023; 2.5, for one) answer `idNotUnique` to a repeated `create` without passwords. We
 never send passwords (joins say `role`), and a meeting under our id can only be this booking's,
 so both answers mean "already there": the same meeting, the same links.
+
+Ending: `end_meeting` calls `end` with the `meetingID` alone, signed like every call. Current
+servers need no password for it (the parameter is deprecated); `SUCCESS` with
+`sentEndMeetingRequest` means participants are being sent out, and `FAILED` `notFound` means the
+server no longer has the meeting (it forgot it, or it was ended already): both are success, so
+asking twice is harmless. Servers that still require the moderator password (we keep none)
+refuse with their error key, and forget the meeting on their own as before.
 """
 
 from __future__ import annotations
@@ -298,3 +305,11 @@ class BigBlueButtonProvider:
                 minutes=int(extra.get("minutes") or 60),
             ),
         )
+
+    async def end_meeting(self, meeting: Meeting) -> None:
+        """`end` the meeting; one the server no longer has (`notFound`) is already ended."""
+        try:
+            await self.call("end", [("meetingID", meeting.meeting_id)])
+        except VideoError as error:
+            if error.key != "notFound":
+                raise

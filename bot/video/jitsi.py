@@ -171,3 +171,8 @@ class JitsiProvider:
 
     async def prepare(self, meeting: Meeting) -> None:
         """Jitsi rooms exist as soon as someone joins: nothing to do."""
+
+    async def end_meeting(self, meeting: Meeting) -> None:
+        """Nothing to call: Jitsi keeps no room between calls (one exists while someone is in
+        it), so there is nothing on the server to delete. Signed links stop working when their
+        token expires; unsigned ones name a room nobody else is given."""

@@ -17,8 +17,15 @@ guests allowed) and `roomName`; success is `201 Created` (200 would mean an exis
 conversation) with the room in `ocs.data`. So the same booking gets the same conversation
 after a crash and replay. Limits: two calls for the same booking at the same moment could both
 create one (every later call then settles on the oldest), and a listing over `MAX_LIST_BYTES`
-(the bot deletes no conversation) is not searched: a warning, and a new conversation.
-The room's `token` makes the link `{url}/call/{token}`.
+is not searched: a warning, and a new conversation. The room's `token` makes the link
+`{url}/call/{token}`.
+
+Ending: `end_meeting` deletes the conversation with
+`DELETE {url}/ocs/v2.php/apps/spreed/api/v4/room/{token}` (same headers and auth): `200 OK`
+once deleted; `404 Not Found` (no such conversation for the account) means it is already gone,
+which is success too, so asking twice is harmless. A token that is not Talk's (`[a-z0-9]{4,30}`,
+the route's own pattern) names no conversation: nothing is sent (a stored value must never
+turn into another path, such as `..`).
 
 The same link goes to the client and to staff: in a public conversation only the configured
 account is a moderator; staff who need moderation use that account or are promoted in Talk.
@@ -50,8 +57,9 @@ PARTICIPANT_OWNER = 1
 ROOM_NAME_MAX = 255
 BOOKING_KEY_MAX = 64
 MAX_RESPONSE_BYTES = 1024 * 1024
-# The listing holds every conversation of the account, and the bot deletes none: room for
-# thousands of them (an entry without its last message is a few kB).
+# The listing holds every conversation of the account (the bot deletes those of calls that
+# were cancelled or are over, but people may keep others): room for thousands of them (an
+# entry without its last message is a few kB).
 MAX_LIST_BYTES = 32 * 1024 * 1024
 LIST_QUERY: Mapping[str, str] = MappingProxyType(
     {"noStatusUpdate": "1", "includeLastMessage": "0"}
@@ -65,6 +73,8 @@ _STATUS_KEYS = {
     412: "preconditionFailed",
 }
 _BOOKING_KEY = re.compile(rf"[A-Za-z0-9._-]{{1,{BOOKING_KEY_MAX}}}")
+# Talk's route requirement for `{token}` (appinfo/routes): anything else matches no route.
+_TOKEN = re.compile(r"[a-z0-9]{4,30}")
 
 
 class _Oversized(VideoError):
@@ -145,8 +155,10 @@ class NextcloudTalkProvider:
         limit: int = MAX_RESPONSE_BYTES,
         body: dict[str, Any] | None = None,
         query: Mapping[str, str] | None = None,
+        path: str = "",
     ) -> Any:
-        """One OCS call on the room endpoint; its `ocs.data` when the status is in `ok`.
+        """One OCS call on the room endpoint (or `path` under it, already quoted); its
+        `ocs.data` when the status is in `ok`.
 
         Raises `VideoError`: `unreachable`, a key per HTTP status (with the OCS message, never
         the raw body), or `invalidResponse` for an answer over `limit` bytes or without data.
@@ -155,7 +167,7 @@ class NextcloudTalkProvider:
         try:
             async with self._session.request(
                 method,
-                self._base + ROOM_PATH,
+                self._base + ROOM_PATH + path,
                 json=body,
                 params=query,
                 headers={
@@ -270,3 +282,19 @@ class NextcloudTalkProvider:
 
     async def prepare(self, meeting: Meeting) -> None:
         """Talk conversations persist until deleted: nothing to do."""
+
+    async def end_meeting(self, meeting: Meeting) -> None:
+        """Delete the booking's conversation; one already gone (404) is fine."""
+        token = meeting.meeting_id
+        if not _TOKEN.fullmatch(token):
+            return  # not a Talk token: no conversation of ours has it
+        try:
+            await self._ocs(
+                "DELETE",
+                doing="deleting a Talk conversation",
+                ok=(200,),
+                path="/" + quote(token, safe=""),
+            )
+        except VideoError as error:
+            if error.key != "notFound":
+                raise
