@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from bot.config import LoggingConfig
+from bot.config import QUIET_LOGGERS, LoggingConfig
 from bot.domain.tickets import Channel
 from bot.process import setup_logging
 from bot.testing.harness import STAFF, STAFF_ROOM, BotHarness
@@ -27,8 +27,11 @@ async def bot(db_url: str) -> AsyncIterator[BotHarness]:
 
 @pytest.fixture
 def json_lines() -> Iterator[io.StringIO]:
+    # setup_logging configures the process (root handler and level, the traffic loggers'
+    # levels): everything it touches is given back, or later tests' caplog would miss records.
     root = logging.getLogger()
     saved = (root.level, list(root.handlers))
+    quiet = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
     stream = io.StringIO()
     setup_logging(LoggingConfig(format="json"), level="INFO", stream=stream)
     try:
@@ -39,6 +42,8 @@ def json_lines() -> Iterator[io.StringIO]:
         for handler in saved[1]:
             root.addHandler(handler)
         root.setLevel(saved[0])
+        for name, level in quiet.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def lines(stream: io.StringIO) -> list[dict[str, str]]:
