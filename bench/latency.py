@@ -39,6 +39,7 @@ import dataclasses
 import importlib.metadata
 import math
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -475,6 +476,23 @@ async def echo_bot(synapse: Synapse, workdir: Path, clients: int, log: Callable)
                 process.wait()
 
 
+def drop_unknown_tables(config_path: Path, source: Path) -> None:
+    """The tests write today's config; an older revision refuses the tables it does not know
+    (e.g. `[metrics]`): leave out those its `bot.toml.example` (which has every table) lacks."""
+    example = (source / "bot.toml.example").read_text(encoding="utf-8")
+    known = {m.group(1).split(".")[0] for m in re.finditer(r"^\[\[?([\w.]+)\]", example, re.M)}
+    kept: list[str] = []
+    skipping = False
+    for line in config_path.read_text(encoding="utf-8").splitlines():
+        header = re.fullmatch(r"\[\[?([A-Za-z0-9_.]+)\]\]?", line.strip())
+        if header:
+            top = header.group(1).split(".")[0]
+            skipping = top not in known
+        if not skipping:
+            kept.append(line)
+    config_path.write_text("\n".join(kept) + "\n", encoding="utf-8")
+
+
 # --baseline: every support-bot process is started through this instead of `-m bot`. It does
 # what `python -m bot` does (the current directory first on sys.path, then bot/__main__.py run as
 # __main__), after printing where `bot` and `handlers` were imported from, which the script
@@ -597,6 +615,8 @@ async def support_bot(
     workdir.mkdir(parents=True)
     bot: RunningBot = await make_running_bot(synapse, workdir, extra_toml=BENCH_EXTRA_TOML)
     if source is not None:
+        if source != REPO:
+            drop_unknown_tables(bot.config_path, source)
         fields = {f.name: getattr(bot, f.name) for f in dataclasses.fields(RunningBot)}
         bot = SourceBot(**fields, source=source)
     pg_name = None
