@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 
 from bot.config import Config
 from bot.i18n import Catalogs, Msg
-from bot.storage import repo
+from bot.storage import personal_data, repo
 from bot.storage.db import close_db, open_db
 from bot.storage.models import AuditEntry, Ticket, TicketNote, TimeLog
 from handlers import privacy
@@ -257,7 +257,7 @@ async def report(config: Config, month: str, fmt: str = "csv") -> int:
 async def client_export(config: Config, matrix_id: str) -> int:
     """All the data of one client (Matrix id, bridge key or anonymous id) as JSON."""
     async with _database(config):
-        data = await repo.export_client(matrix_id.strip(), tz=_tz(config))
+        data = await personal_data.export_client(matrix_id.strip(), tz=_tz(config))
     if data is None:
         _error(f"No client {matrix_id.strip()!r}.")
         return EXIT_NOT_FOUND
@@ -275,7 +275,7 @@ async def client_erase(config: Config, matrix_id: str) -> int:
     tz = _tz(config)
     room = config.matrix.staff_room
     async with _database(config):
-        erased = await repo.erase_client(
+        erased = await personal_data.erase_client(
             key,
             now=datetime.now(UTC),
             actor="cli",

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from bot.i18n import N_, Msg
 from bot.routing import Context, Outgoing, Router
-from bot.storage import repo
+from bot.storage import personal_data
 from handlers.common import refuse_if_bridged
 
 if TYPE_CHECKING:
@@ -66,18 +66,18 @@ async def forget_me(ctx: Context) -> None:
     if ctx.is_staff:
         ctx.reply(Msg(NOT_FOR_STAFF))
         return
-    if not await repo.holds_data(ctx.sender.key):
+    if not await personal_data.holds_data(ctx.sender.key):
         ctx.reply(Msg(NOTHING))
         return
     if ctx.args.strip().lower() not in CONFIRM_WORDS:
         confirm_word = "confirmer" if ctx.tr.locale == "fr" else "confirm"
         ctx.reply(Msg(EXPLAIN, {"command": f"!{ctx.command} {confirm_word}"}))
         return
-    erasure = await repo.erase_data(ctx.sender.key, now=ctx.now, actor="client")
+    erasure = await personal_data.erase_data(ctx.sender.key, now=ctx.now, actor="client")
     ctx.reply(Msg(DONE))
     if erasure is not None:
         staff_tr = ctx.services.staff_tr()
-        rows = repo.erasure_outbox(
+        rows = personal_data.erasure_outbox(
             erasure,
             staff_room=ctx.services.staff_room_id(),
             card_text=lambda ref: ctx.render(Msg(ERASED_CARD, {"ref": ref}), staff_tr),
@@ -89,7 +89,7 @@ async def forget_me(ctx: Context) -> None:
 async def prune_outbox(services: Services, now: datetime) -> None:
     """Forget the messages sent longer ago than the retention (see the module doc)."""
     days = services.config.service.outbox_retention_days
-    pruned = await repo.prune_outbox(now - timedelta(days=days))
+    pruned = await personal_data.prune_outbox(now - timedelta(days=days))
     if pruned:
         log.info("outbox: %d row(s) older than %d day(s) pruned", pruned, days)
 

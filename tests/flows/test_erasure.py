@@ -24,7 +24,7 @@ from bot.config import MailConfig
 from bot.i18n import Msg
 from bot.mail import Mailer
 from bot.ports import TransportError
-from bot.storage import repo
+from bot.storage import personal_data, repo
 from bot.storage.models import (
     Client,
     Conversation,
@@ -177,7 +177,7 @@ async def check_erased(bot: BotHarness, seen: dict[str, Any], erase_sent: list[S
     assert (await Client.get(id=seen["tickets"][0].client_id)).key.startswith("anon:")  # type: ignore[attr-defined]
     assert not await UserPref.exists(user_key=ALICE)
     assert not await Conversation.exists(client_key=ALICE)
-    assert not await repo.holds_data(ALICE)
+    assert not await personal_data.holds_data(ALICE)
 
     # 2. Her cards show the placeholder (and were not redacted); Bob's card is untouched.
     staff = [s for s in erase_sent if s.room_id == STAFF_ROOM]
@@ -228,7 +228,7 @@ async def test_client_erase_command_leaves_nothing_of_the_client(bot):
     before = len(bot.transport.sent)
     # As `support-bot client erase` does, without knowing the staff room (an alias in its
     # configuration): the cards are where the bot recorded sending them.
-    assert await repo.erase_client(
+    assert await personal_data.erase_client(
         ALICE,
         now=bot.clock(),
         actor="cli",
@@ -280,12 +280,12 @@ async def test_a_cancelled_intake_keeps_no_text_but_is_still_known_until_erased(
 
     sent = await bot.say(DM, ALICE, "!oubliez-moi")
     assert "!oubliez-moi confirmer" in sent[0].body  # no longer "I keep nothing"
-    exported = await repo.export_client(ALICE)
+    exported = await personal_data.export_client(ALICE)
     assert exported is not None and exported["client"] is None
     assert [c["step"] for c in exported["conversations"]] == ["cancelled"]
 
     await bot.say(DM, ALICE, "!oubliez-moi confirmer")
-    assert await repo.export_client(ALICE) is None
+    assert await personal_data.export_client(ALICE) is None
     assert await stored(DESCRIPTION, ALICE_MAIL, ALICE) == []
     sent = await bot.say(DM, ALICE, "!oubliez-moi")
     assert "rien à supprimer" in sent[0].body
@@ -305,7 +305,7 @@ async def test_an_expired_intake_keeps_nothing_after_the_expiry_sweep(bot):
 
 async def test_preferences_alone_are_data_exported_and_erased(bot):
     await bot.say(DM, ALICE, "!lang en")
-    exported = await repo.export_client(ALICE)
+    exported = await personal_data.export_client(ALICE)
     assert exported is not None and exported["preferences"] == {"locale": "en"}
     sent = await bot.say(DM, ALICE, "!forget-me")
     assert "!forget-me confirm" in sent[0].body
@@ -381,7 +381,7 @@ async def test_behind_a_bridge_only_that_nickname_is_erased(db_url):
         assert await Ticket.filter(client__key=alice_key).exists()
         before = {s.event_id: s.body for s in bot.in_room(talk)}
 
-        assert await repo.erase_client(alice_key, now=bot.clock(), actor="cli")
+        assert await personal_data.erase_client(alice_key, now=bot.clock(), actor="cli")
         await bot.deliverer.deliver_pending()
 
         assert await stored(DESCRIPTION, ALICE_MAIL, alice_key) == []

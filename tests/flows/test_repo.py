@@ -15,7 +15,7 @@ from tortoise.backends.base.executor import EXECUTOR_CACHE
 from tortoise.transactions import in_transaction
 
 from bot.domain.tickets import Channel, Kind, Status, TicketState, take
-from bot.storage import repo
+from bot.storage import personal_data, repo
 from bot.storage.db import close_db, open_db
 from bot.storage.models import (
     AuditEntry,
@@ -454,7 +454,7 @@ async def _client_with_history() -> tuple[Client, Ticket]:
 async def test_export_client_gives_everything(db: None) -> None:
     await _client_with_history()
     await ticket(await client(BOB), ref="SP-2026-0043")
-    data = await repo.export_client(ALICE, tz=PARIS)
+    data = await personal_data.export_client(ALICE, tz=PARIS)
     assert data is not None
     assert data["client"]["key"] == ALICE and data["client"]["email"] == "alice@example.org"
     assert data["client"]["preferred_locale"] == "en"
@@ -467,13 +467,13 @@ async def test_export_client_gives_everything(db: None) -> None:
     assert exported["bookings"][0]["provider"] == "bigbluebutton"
     assert [a["action"] for a in exported["audit"]] == ["accept"]
     assert data["conversations"][0]["data"]["description"] == ["second problem, private"]
-    assert await repo.export_client("@nobody:example.org") is None
+    assert await personal_data.export_client("@nobody:example.org") is None
 
 
 async def test_erase_keeps_billing_and_removes_personal_data(db: None) -> None:
     alice, row = await _client_with_history()
     later = NOW + timedelta(days=30)
-    assert await repo.erase_client(ALICE, now=later, actor="cli") is True
+    assert await personal_data.erase_client(ALICE, now=later, actor="cli") is True
 
     assert await Client.get_or_none(key=ALICE) is None
     erased = await Client.get(pk=alice.pk)
@@ -502,7 +502,7 @@ async def test_erase_keeps_billing_and_removes_personal_data(db: None) -> None:
     assert [(a.actor, a.action) for a in actions] == [(erased.key, "accept"), ("cli", "erased")]
 
     # Nothing left anywhere that names her.
-    dump = str(await repo.export_client(erased.key))
+    dump = str(await personal_data.export_client(erased.key))
     for secret in (ALICE, "alice@example.org", "Alice Martin", "page 3", "surveys.alice"):
         assert secret not in dump
     rows = await repo.report_month(2026, 11, PARIS)
@@ -510,12 +510,12 @@ async def test_erase_keeps_billing_and_removes_personal_data(db: None) -> None:
 
 
 async def test_erase_unknown_client(db: None) -> None:
-    assert await repo.erase_client("@nobody:example.org", now=NOW) is False
+    assert await personal_data.erase_client("@nobody:example.org", now=NOW) is False
 
 
 async def test_erased_client_can_come_back_as_a_new_client(db: None) -> None:
     await _client_with_history()
-    await repo.erase_client(ALICE, now=NOW)
+    await personal_data.erase_client(ALICE, now=NOW)
     fresh = await repo.get_or_create_client(ALICE, now=NOW)
     assert fresh.email is None
     assert await repo.open_tickets_for(ALICE) == []
