@@ -232,8 +232,10 @@ _CONFIRMABLE = frozenset({Status.AWAITING_CLIENT_CONFIRMATION})
     usage="SP-…",
 )
 async def confirm(ctx: Context) -> None:
-    refuse_if_bridged(ctx)  # a nickname cannot give a client's consent to be billed
     ticket = await locked_client_ticket(ctx, _CONFIRMABLE)
+    # A nickname cannot give a client's consent to be billed. Refused after the lookup, so that
+    # someone else's reference still answers exactly like one that does not exist.
+    refuse_if_bridged(ctx)
     decision = _decided(lifecycle.client_confirm(repo.ticket_state(ticket), ctx.now))
     if ctx.services.config.service.confirmation != "chat":
         ctx.reply(Msg(_CONFIRM_BY_EMAIL, {"ref": ticket.ref}))

@@ -267,8 +267,19 @@ async def test_an_intake_reminder_in_a_room_that_gained_members_restates_nothing
 
 async def test_forget_me_and_confirm_are_refused_behind_a_bridge(bot):
     """A nickname proves nothing: neither erasing nor consenting to billing on its word."""
-    for command in ("!forget-me confirm", "!confirm SP-2026-0001"):
+    from bot.domain.tickets import Status
+    from tests.flows.test_interventions_flow import make_ticket
+
+    ticket = await make_ticket(
+        bot,
+        client_key=f"bridge:{TALK}:Alice",
+        room_id=TALK,
+        status=Status.AWAITING_CLIENT_CONFIRMATION,
+    )
+    for command in ("!forget-me confirm", f"!confirm {ticket.ref}"):
         sent = await bot.say(TALK, BRIDGE, f"[nctalk] <Alice> {command}")
         assert len(sent) == 1
         assert sent[0].room_id == TALK
         assert "discussion directe sur Matrix" in sent[0].body  # French first
+    again = await Ticket.get(id=ticket.id)
+    assert again.status == Status.AWAITING_CLIENT_CONFIRMATION  # nothing was confirmed
