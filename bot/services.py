@@ -88,11 +88,6 @@ class Services:
         # Set once the dispatcher exists (it needs these services to be built).
         self.jobs: JobRunner | None = None
 
-    @property
-    def dispatcher(self) -> JobRunner | None:
-        """The job runner under the name the sweepers and tests have always used."""
-        return self.jobs
-
     def bot_user_id(self) -> str:
         return self.identity.bot_user_id()
 

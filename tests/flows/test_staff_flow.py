@@ -85,8 +85,8 @@ async def open_ticket(
         async def job(ctx):
             await post_card(ctx, ticket)
 
-        assert bot.services.dispatcher is not None
-        await bot.services.dispatcher.run_job(f"test-card:{ticket.id}", job, room_id=STAFF_ROOM)
+        assert bot.services.jobs is not None
+        await bot.services.jobs.run_job(f"test-card:{ticket.id}", job, room_id=STAFF_ROOM)
         await bot.deliverer.deliver_pending()
         await ticket.refresh_from_db()
         assert ticket.card_event_id is not None
