@@ -445,3 +445,16 @@ class DashboardToken(Model):
 
     class Meta:
         table = "dashboard_token"
+
+
+# How far the support mailbox has been read, per IMAP folder: its UIDVALIDITY and the last UID
+# handled. Advanced in the same transaction as what the mail changed (`bot.storage.mailbox`),
+# so a crash between fetch and commit replays the mail without doing it twice.
+class MailboxPosition(Model):
+    folder = fields.CharField(max_length=255, primary_key=True)
+    uidvalidity = fields.BigIntField()
+    last_uid = fields.BigIntField()
+    updated_at = fields.DatetimeField()
+
+    class Meta:
+        table = "mailbox_position"
