@@ -43,6 +43,7 @@ from bot.events import (
     IncomingRedaction,
     IncomingText,
     IncomingUnreadable,
+    IncomingWithheld,
     event_from_json,
     event_to_json,
 )
@@ -60,6 +61,7 @@ from bot.routing import (
 )
 from bot.storage import repo
 from bot.storage.models import DeferredEvent, HandledEvent, Notice, OutboxItem
+from bot.unreadable import unreadable_notice
 
 if TYPE_CHECKING:
     from bot.services import Services
@@ -76,10 +78,6 @@ APOLOGY = N_(
 UNKNOWN_COMMAND = N_("Unknown command “!{name}”. Type !help to see what I can do.")
 STAFF_ONLY = N_("“!{name}” is a staff command: it is only available to the support team.")
 ONLY_TEXT = N_("I can only read text messages: please describe your request in words.")
-UNREADABLE = N_(
-    "I could not read the encrypted message you sent on {sent}: its keys never reached me. "
-    "Please send it again."
-)
 FLOODING = N_(
     "You are sending many messages very quickly. I read them all, in order, but I will answer "
     "more slowly for a moment."
@@ -544,11 +542,12 @@ class Dispatcher:
         elif isinstance(event, IncomingMember):
             for handler in self.router.members:
                 await _run(ctx, handler)
-        elif isinstance(event, IncomingUnreadable):
-            # Given up after a day: the sender knows, instead of waiting for an answer. Not
+        elif isinstance(event, IncomingUnreadable | IncomingWithheld):
+            # Its key withheld, or given up after a day: the sender knows, instead of waiting
+            # for an answer; in clear, since their app may refuse what the bot encrypts. Not
             # for a bridge account's message: there is nobody in particular to tell.
             if not self.services.identity.is_bridge(event.sender):
-                ctx.reply(Msg(UNREADABLE, {"sent": event.ts}))
+                ctx.reply(unreadable_notice(event), in_clear=True)
 
     async def _route_text(self, ctx: Context, event: IncomingText, text: str) -> None:
         if event.is_edit:

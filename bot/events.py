@@ -76,8 +76,39 @@ class IncomingUnreadable:
     ts: datetime  # when it was sent
 
 
+@dataclass(frozen=True, slots=True)
+class IncomingWithheld:
+    """The sender's app will not give the bot the key of an encrypted message (it sent
+    `m.room_key.withheld` instead, or only gave the keys of later messages): the sender is
+    told at once, once per (room, sender, session). The message itself stays kept: should its
+    key come after all, it is handled as usual.
+
+    `event_id` is not a Matrix event id: it is derived from the room, the sender and the
+    Megolm session, so that the dispatcher's record of handled events makes it said once.
+    `about` is the message's event id; `code` the reason (`m.unverified`, `m.blacklisted`,
+    `m.unauthorised`, `m.unavailable`, `m.no_olm`, `SESSION_STARTS_LATER`, or another)."""
+
+    event_id: str
+    room_id: str
+    sender: str
+    ts: datetime  # when the message was sent
+    code: str
+    about: str
+
+
+#: The code of an `IncomingWithheld` when the bot holds the message's Megolm session, but
+#: only from a later message on: its sender's app shared it late, and will not share the
+#: earlier part.
+SESSION_STARTS_LATER = "support-bot.session_starts_later"
+
+
 Incoming = (
-    IncomingText | IncomingReaction | IncomingRedaction | IncomingMember | IncomingUnreadable
+    IncomingText
+    | IncomingReaction
+    | IncomingRedaction
+    | IncomingMember
+    | IncomingUnreadable
+    | IncomingWithheld
 )
 
 
@@ -89,6 +120,7 @@ _EVENT_KINDS: dict[str, type[Any]] = {
         IncomingRedaction,
         IncomingMember,
         IncomingUnreadable,
+        IncomingWithheld,
     )
 }
 

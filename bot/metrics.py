@@ -55,7 +55,15 @@ ANSWER_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0, 3
 #: A scrape never waits longer than this for the database (Prometheus' default timeout is 10 s).
 DATABASE_TIMEOUT_SECONDS = 5.0
 # Outbox kinds shown at 0 when there are none, so that graphs and alerts have a series.
-_OUTBOX_KINDS = ("message", "edit", "reaction", "file", "mail", "redaction")
+_OUTBOX_KINDS = (
+    "message",
+    "message_in_clear",
+    "edit",
+    "reaction",
+    "file",
+    "mail",
+    "redaction",
+)
 _ACTIVE = [str(status) for status in ACTIVE_STATUSES]
 
 

@@ -17,6 +17,7 @@ from tortoise.transactions import in_transaction
 from bot.mail import Mail, Mailer, MailError
 from bot.metrics import Metrics
 from bot.ports import Transport, TransportError
+from bot.routing import MESSAGE_IN_CLEAR
 from bot.storage.models import OutboxItem
 
 log = logging.getLogger(__name__)
@@ -329,6 +330,10 @@ class Deliverer:
         if item.kind == "message":
             return await self.transport.send_event(
                 item.room_id, "m.room.message", content, item.txn_id
+            )
+        if item.kind == MESSAGE_IN_CLEAR:
+            return await self.transport.send_event(
+                item.room_id, "m.room.message", content, item.txn_id, encrypt=False
             )
         if item.kind == "edit":
             target = await self._resolve(item.target)

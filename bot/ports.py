@@ -44,8 +44,16 @@ class Transport(Protocol):
     def bot_user_id(self) -> str: ...
 
     async def send_event(
-        self, room_id: str, event_type: str, content: dict[str, Any], txn_id: str
-    ) -> str: ...
+        self,
+        room_id: str,
+        event_type: str,
+        content: dict[str, Any],
+        txn_id: str,
+        *,
+        encrypt: bool = True,
+    ) -> str:
+        """Send an event; the event id. In an encrypted room it is encrypted, unless
+        `encrypt` is False (a notice every member must be able to read)."""
 
     async def upload(self, data: bytes, content_type: str, filename: str) -> str: ...
 

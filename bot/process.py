@@ -1,6 +1,7 @@
 """What a running process of the bot shares, whichever command started it (`run`, `demo`):
 its logging (`setup_logging`, text or JSON lines, library records cleaned of message
-contents), private files (`private_umask`) and a clean stop on SIGINT / SIGTERM."""
+contents, nio's repeated decryption warnings demoted), private files (`private_umask`) and a
+clean stop on SIGINT / SIGTERM."""
 
 from __future__ import annotations
 
@@ -23,8 +24,11 @@ from bot.logcontext import FIELDS, ContextFields
 __all__ = [
     "LOG_EXTRA_FIELDS",
     "LOG_FORMAT",
+    "NIO_CRYPTO_LOGGER",
+    "NIO_DECRYPTION_NOISE",
     "QUIET_LOGGERS",
     "LibraryContentFilter",
+    "NioDecryptionNoise",
     "private_umask",
     "setup_logging",
     "stop_on_signals",
@@ -60,6 +64,17 @@ _STRUCTURE = re.compile(r"""[{\[]\s*['"]""")
 _PLACEHOLDER = re.compile(r"%(\([^)]*\))?[-#0 +]*\d*(\.\d+)?[a-zA-Z]")
 # Loggers given a level by the last `setup_logging`, reset by the next one.
 _configured: set[str] = set()
+#: The logger of nio's end-to-end encryption.
+NIO_CRYPTO_LOGGER = "nio.crypto.log"
+#: nio's warnings at each attempt to decrypt an event whose room key has not come (nio tries
+#: at the sync that brings it, the bot at every retry, i.e. at every new key: five lines or
+#: so each time), and at the echo of the bot's own key request. The bot says it once per
+#: event and change of its state instead (`bot.matrix.pending`).
+NIO_DECRYPTION_NOISE = re.compile(
+    r"(Received a undecryptable Megolm event from a"
+    r"|Error decrypting megolm event"
+    r"|Failed to re-share key \S+ with \S+: No session found)"
+)
 
 
 class _JsonLines(JsonFormatter):
@@ -124,6 +139,20 @@ class LibraryContentFilter(logging.Filter):
         return True
 
 
+class NioDecryptionNoise(logging.Filter):
+    """On nio's crypto logger (which writes these records itself): its `NIO_DECRYPTION_NOISE`
+    warnings become DEBUG records, shown only when that logger is set to DEBUG. Every other
+    record of it, its errors and its other warnings (a device key mismatch, a key that cannot
+    be imported…), passes as it is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # nio writes f-strings, or an exception as the message: no arguments to format.
+        if record.levelno != logging.WARNING or not NIO_DECRYPTION_NOISE.match(str(record.msg)):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
 def _is_own(name: str) -> bool:
     return any(name == own or name.startswith(own + ".") for own in OWN_LOGGERS)
 
@@ -184,6 +213,10 @@ def setup_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(root_level)
+    nio_crypto = logging.getLogger(NIO_CRYPTO_LOGGER)
+    for old_filter in [f for f in nio_crypto.filters if isinstance(f, NioDecryptionNoise)]:
+        nio_crypto.removeFilter(old_filter)
+    nio_crypto.addFilter(NioDecryptionNoise())
     for name in _configured - {name for name, _ in config.levels}:
         logging.getLogger(name).setLevel(logging.NOTSET)
     _configured.clear()

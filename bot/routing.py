@@ -201,6 +201,9 @@ class Outgoing:
 
 #: The outbox "room" of e-mails: one worker sends them in order, apart from the chat rooms.
 MAIL_QUEUE = "mail:"
+#: The outbox kind of a message sent unencrypted even in an encrypted room (`bot.unreadable`
+#: says which, and why).
+MESSAGE_IN_CLEAR = "message_in_clear"
 
 
 def txn_base(event_id: str) -> str:
@@ -267,9 +270,18 @@ class Context:
             return msg
         return (tr or self.tr).render(msg, self.tz)
 
-    def reply(self, msg: Msg | str, *, html_body: str | None = None) -> None:
-        """Answer in the room of the event (addressing the nickname behind a bridge)."""
+    def reply(
+        self, msg: Msg | str, *, html_body: str | None = None, in_clear: bool = False
+    ) -> None:
+        """Answer in the room of the event (addressing the nickname behind a bridge);
+        `in_clear`: unencrypted even in an encrypted room, as plain text (only for what a
+        client whose app refuses the bot's keys must still read: `bot.unreadable`)."""
         plain = self.render(msg)
+        if in_clear:
+            self.outgoing.append(
+                Outgoing(self.room_id, MESSAGE_IN_CLEAR, notice_content(plain, None))
+            )
+            return
         if self.sender.bridged:
             # Bridged rooms: plain text only, addressed to the person behind the bridge.
             self.outgoing.append(

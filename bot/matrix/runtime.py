@@ -60,6 +60,7 @@ class ShellStats:
     invites_declined: int = 0
     undecryptable: int = 0
     late_decrypted: int = 0
+    withheld: int = 0  # kept events whose key will not come (withheld, or shared late)
     last_progress: float | None = None  # time.monotonic() of the last sync answer or commit
     last_sync: float | None = None  # time.monotonic() of the last successful sync answer
     started: float = field(default_factory=time.monotonic)  # when the shell was built

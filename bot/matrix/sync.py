@@ -17,7 +17,8 @@ How a sync becomes a batch, and why:
   it joined without one) are delivered, so the message a client sent right after inviting the
   bot is answered and the room's older history is not.
 - Encrypted events go through `PendingEvents`: those it cannot decrypt yet are kept and come
-  back in a later batch.
+  back in a later batch. The to-device events of each sync go there first: a withheld key
+  makes the batch carry a notice for the sender (`IncomingWithheld`).
 - Around each sync, the E2EE housekeeping nio's `sync_forever` would do (keys, to-device).
 """
 
@@ -46,7 +47,7 @@ from nio import (
 from tortoise.transactions import in_transaction
 
 from bot.config import MatrixConfig
-from bot.events import Incoming
+from bot.events import Incoming, IncomingWithheld
 from bot.matrix.inbound import to_incoming
 from bot.matrix.invites import Invites
 from bot.matrix.pending import PendingEvents
@@ -278,13 +279,19 @@ class SyncLoop:
     async def _collect(self, response: SyncResponse, since: str) -> Batch:
         batch = Batch(response.next_batch)
         seen: set[str] = set()
-        # Events whose keys came late are older than this sync's: they go first.
+        # Notices about kept events, and events whose keys came late, are older than this
+        # sync's: they go first.
+        for notice in await self._pending.note_to_device(response.to_device_events):
+            _add_notice(batch, seen, notice)
         if self._pending.due(bool(response.to_device_events)):
-            for event_id, incoming in await self._pending.retry():
+            retried = await self._pending.retry()
+            for event_id, incoming in retried.settled:
                 seen.add(event_id)
                 batch.decrypted.append(event_id)
                 if incoming is not None:
                     batch.events.append(incoming)
+            for notice in retried.notices:
+                _add_notice(batch, seen, notice)
         bot = self._matrix.user_id
         for room_id, info in response.rooms.join.items():
             events = list(info.timeline.events)
@@ -312,6 +319,9 @@ class SyncLoop:
         if isinstance(event, MegolmEvent):
             event = await self._pending.decrypt_or_keep(room_id, event)
             if event is None:
+                return
+            if isinstance(event, IncomingWithheld):
+                _add_notice(batch, seen, event)
                 return
         incoming = to_incoming(room_id, event)
         if incoming is not None:
@@ -454,6 +464,13 @@ class SyncLoop:
 
 
 # -- pure helpers --------------------------------------------------------------------------
+
+
+def _add_notice(batch: Batch, seen: set[str], notice: IncomingWithheld) -> None:
+    """Once per batch, whatever found it (the withheld message, a retry, the event)."""
+    if notice.event_id not in seen:
+        seen.add(notice.event_id)
+        batch.events.append(notice)
 
 
 def _is_entry(event: Any, bot: str) -> bool:

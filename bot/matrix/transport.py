@@ -12,6 +12,9 @@ Decisions (see also `client.py`):
   caller (the outbox, the sync loop) owns the retry policy. Only `M_LIMIT_EXCEEDED` is retried
   here, waiting what the server asked for (`retry_after_ms`, else the `Retry-After` header,
   else 5 s), a few times, as long as the wait is short.
+- `send_event(..., encrypt=False)` sends in clear even in an encrypted room: only the
+  notices of `bot.unreadable` (to a client whose app refuses to share keys with the bot's
+  device, and may refuse to read what it encrypts), which carry nothing confidential.
 - `upload` sends the file unencrypted even when the room is encrypted: the bot only sends
   documents it generated itself (exports, .ics); an `m.file` with a plain `url` is valid in an
   encrypted room, it is just not confidential towards the homeserver.
@@ -34,6 +37,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 from nio import (
+    Api,
     AsyncClient,
     ErrorResponse,
     Event,
@@ -209,10 +213,23 @@ class NioTransport:
     # -- actions ---------------------------------------------------------------------------
 
     async def send_event(
-        self, room_id: str, event_type: str, content: dict[str, Any], txn_id: str
+        self,
+        room_id: str,
+        event_type: str,
+        content: dict[str, Any],
+        txn_id: str,
+        *,
+        encrypt: bool = True,
     ) -> str:
         client = self._nio()
         await self.ensure_room(room_id)
+        if not encrypt:
+            response = await call(
+                f"send to {room_id}",
+                lambda: _send_in_clear(client, room_id, event_type, content, txn_id),
+                expect=RoomSendResponse,
+            )
+            return response.event_id
         if client.olm is not None and self.is_encrypted(room_id):
             await self.query_keys_if_needed()
 
@@ -452,3 +469,12 @@ class NioTransport:
             if not client.should_query_keys:
                 return
             await call("keys query", client.keys_query, expect=KeysQueryResponse)
+
+
+async def _send_in_clear(
+    client: AsyncClient, room_id: str, event_type: str, content: dict[str, Any], txn_id: str
+) -> Any:
+    """`room_send` without the encryption nio applies to every event of an encrypted room:
+    the same request and answer handling (`_send`, the one path of every nio request)."""
+    method, path, data = Api.room_send(client.access_token, room_id, event_type, content, txn_id)
+    return await client._send(RoomSendResponse, method, path, data, (room_id,))

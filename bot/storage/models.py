@@ -351,9 +351,31 @@ class UndecryptedEvent(Model):
     source = fields.JSONField()
     received_at = fields.DatetimeField()
     attempts = fields.IntField(default=0)
+    # Why its key will not come, once known (a withheld code, or the bot's own
+    # `SESSION_STARTS_LATER`); the sender is then told at once. Kept all the same.
+    withheld = fields.CharField(max_length=64, null=True)
 
     class Meta:
         table = "undecrypted_event"
+
+
+# An `m.room_key.withheld` to-device message: the sender's app will not give the bot the key
+# of a Megolm session (`room_id`, `session_id`; both empty for `m.no_olm`, which is about all
+# the sessions of the device `sender_key`). Kept a day, so that an event of that session
+# arriving after it is answered at once; deleted when the key comes after all.
+class WithheldKey(Model):
+    id = fields.IntField(primary_key=True)
+    sender = fields.CharField(max_length=255)
+    sender_key = fields.CharField(max_length=255)  # "" when not given
+    room_id = fields.CharField(max_length=255)
+    session_id = fields.CharField(max_length=255)
+    code = fields.CharField(max_length=64)
+    received_at = fields.DatetimeField()
+
+    class Meta:
+        table = "withheld_key"
+        unique_together = (("sender", "room_id", "session_id", "sender_key"),)
+        indexes = (Index(fields=("received_at",), name="idx_withheld_key_received_at"),)
 
 
 # A message held back from a client sending too many too quickly (`bot.dispatch`): its event

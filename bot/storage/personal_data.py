@@ -32,6 +32,7 @@ from bot.storage.models import (
     TimeLog,
     UndecryptedEvent,
     UserPref,
+    WithheldKey,
 )
 from bot.storage.repo import (
     ANON_PREFIX,
@@ -52,12 +53,14 @@ log = logging.getLogger(__name__)
 
 async def holds_data(key: str) -> bool:
     """Whether anything stored names `key`: a client row, an intake (even a dropped one, whose
-    row keeps the step), a language preference, an undecryptable message, a reaction."""
+    row keeps the step), a language preference, an undecryptable message, a withheld key,
+    a reaction."""
     return (
         await Client.exists(key=key)
         or await Conversation.exists(client_key=key)
         or await UserPref.exists(user_key=key)
         or await UndecryptedEvent.exists(sender=key)
+        or await WithheldKey.exists(sender=key)
         or await Reaction.exists(sender=key)
     )
 
@@ -71,8 +74,9 @@ async def export_client(key: str, *, tz: tzinfo = UTC) -> dict[str, Any] | None:
     conversations = await Conversation.filter(client_key=key).order_by("id")
     pref = await UserPref.get_or_none(user_key=key)
     undecrypted = await UndecryptedEvent.filter(sender=key).order_by("received_at")
+    withheld = await WithheldKey.filter(sender=key).order_by("received_at", "id")
     reactions = await Reaction.filter(sender=key).order_by("at")
-    if client is None and not (conversations or pref or undecrypted or reactions):
+    if client is None and not (conversations or pref or undecrypted or withheld or reactions):
         return None
     tickets = (
         []
@@ -95,8 +99,23 @@ async def export_client(key: str, *, tz: tzinfo = UTC) -> dict[str, Any] | None:
         ],
         "preferences": None if pref is None else {"locale": pref.locale},
         "undecryptable_events": [
-            {"event_id": e.event_id, "room_id": e.room_id, "received_at": _iso(e.received_at, tz)}
+            {
+                "event_id": e.event_id,
+                "room_id": e.room_id,
+                "received_at": _iso(e.received_at, tz),
+                "withheld": e.withheld,
+            }
             for e in undecrypted
+        ],
+        # What their app said it would not share with the bot (m.room_key.withheld).
+        "withheld_keys": [
+            {
+                "room_id": w.room_id or None,
+                "session_id": w.session_id or None,
+                "code": w.code,
+                "received_at": _iso(w.received_at, tz),
+            }
+            for w in withheld
         ],
         "reactions": [
             {"room_id": r.room_id, "target": r.target_event_id, "key": r.key, "at": _iso(r.at, tz)}
@@ -263,6 +282,7 @@ async def erase_data(key: str, *, now: datetime, actor: str = "system") -> Erasu
         await UserPref.filter(user_key=key).delete()
         await Reaction.filter(sender=key).update(sender=anon)
         await UndecryptedEvent.filter(sender=key).delete()
+        await WithheldKey.filter(sender=key).delete()
         await _drop_deferred(key)
         if client is not None:
             client.key = anon

@@ -91,6 +91,7 @@ class Sent:
     content: dict[str, Any]
     txn_id: str
     event_id: str
+    in_clear: bool = False  # sent unencrypted even if the room is encrypted
 
     @property
     def body(self) -> str:
@@ -124,7 +125,13 @@ class RecordingTransport:
         return self._bot
 
     async def send_event(
-        self, room_id: str, event_type: str, content: dict[str, Any], txn_id: str
+        self,
+        room_id: str,
+        event_type: str,
+        content: dict[str, Any],
+        txn_id: str,
+        *,
+        encrypt: bool = True,
     ) -> str:
         from bot.ports import TransportError
 
@@ -133,7 +140,9 @@ class RecordingTransport:
             raise TransportError("simulated outage", retryable=True)
         if txn_id in self.by_txn:
             return self.by_txn[txn_id].event_id
-        sent = Sent(room_id, event_type, content, txn_id, f"$out{next(self._ids)}")
+        sent = Sent(
+            room_id, event_type, content, txn_id, f"$out{next(self._ids)}", in_clear=not encrypt
+        )
         self.sent.append(sent)
         self.by_txn[txn_id] = sent
         return sent.event_id

@@ -33,6 +33,7 @@ from bot.storage.models import (
     Ticket,
     UndecryptedEvent,
     UserPref,
+    WithheldKey,
 )
 from bot.testing.harness import STAFF, STAFF_ROOM, BotHarness, Sent
 from bot.testing.harness import test_config as base_config
@@ -126,6 +127,14 @@ async def reproduce(bot: BotHarness) -> dict[str, Any]:
         sender=ALICE,
         session_id="s1",
         source={"sender": ALICE, "content": {"ciphertext": "…"}},
+        received_at=now,
+    )
+    await WithheldKey.create(
+        sender=ALICE,
+        sender_key="alice-device",
+        room_id=DM,
+        session_id="s1",
+        code="m.unverified",
         received_at=now,
     )
     await Reaction.create(
@@ -311,6 +320,29 @@ async def test_preferences_alone_are_data_exported_and_erased(bot):
     assert "!forget-me confirm" in sent[0].body
     await bot.say(DM, ALICE, "!forget-me confirm")
     assert not await UserPref.exists(user_key=ALICE)
+
+
+async def test_a_withheld_key_alone_is_data_exported_and_erased(bot):
+    """What her app said it would not share with the bot names her: it is hers to see and
+    to have erased, like the undecryptable message it was about."""
+    at = bot.clock()
+    await WithheldKey.create(
+        sender=ALICE,
+        sender_key="",
+        room_id=DM,
+        session_id="s1",
+        code="m.unverified",
+        received_at=at,
+    )
+    exported = await personal_data.export_client(ALICE)
+    assert exported is not None
+    assert exported["withheld_keys"] == [
+        {"room_id": DM, "session_id": "s1", "code": "m.unverified", "received_at": at.isoformat()}
+    ]
+    await bot.say(DM, ALICE, "!forget-me")
+    await bot.say(DM, ALICE, "!forget-me confirm")
+    assert not await WithheldKey.exists(sender=ALICE)
+    assert await personal_data.export_client(ALICE) is None
 
 
 # -- retention ----------------------------------------------------------------------------------

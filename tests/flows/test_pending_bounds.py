@@ -7,19 +7,16 @@ nothing decrypts, so every event is kept; the caps are small so that a few event
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import pytest
-import pytest_asyncio
 from nio import AsyncClient, Event, MegolmEvent
 
 from bot.events import IncomingUnreadable
 from bot.matrix import pending as pending_module
 from bot.matrix.pending import UNDECRYPTED_GIVE_UP, PendingEvents
 from bot.matrix.runtime import ShellStats
-from bot.storage.db import close_db, open_db
 from bot.storage.models import UndecryptedEvent
 from bot.testing.harness import FakeClock
 
@@ -33,15 +30,6 @@ class NoOlm:
 
     olm = None
     outgoing_key_requests: dict[str, Any] = {}  # read only: nothing is requested without Olm
-
-
-@pytest_asyncio.fixture
-async def db(db_url: str) -> AsyncIterator[None]:
-    await open_db(db_url)
-    try:
-        yield
-    finally:
-        await close_db()
 
 
 def make(clock: FakeClock, **caps: int) -> PendingEvents:
@@ -164,7 +152,7 @@ async def test_retry_reads_every_row_in_pages_and_still_gives_up_after_a_day(
     clock.now = START + UNDECRYPTED_GIVE_UP + timedelta(seconds=2.5)
 
     # The oldest two are over a day old: given up (told, once, as unreadable), the rest tried.
-    settled = await pending.retry()
+    settled = (await pending.retry()).settled
     assert [event_id for event_id, _ in settled] == old[:2]
     assert all(isinstance(incoming, IncomingUnreadable) for _, incoming in settled)
     attempts = dict(await UndecryptedEvent.all().values_list("event_id", "attempts"))

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from bot.config import DEFAULT_LOG_LEVELS, LoggingConfig
-from bot.process import LOG_EXTRA_FIELDS, QUIET_LOGGERS, setup_logging
+from bot.process import LOG_EXTRA_FIELDS, NIO_CRYPTO_LOGGER, QUIET_LOGGERS, setup_logging
 
 # Autouse: the root's handlers and level, and the quiet loggers' levels, given back.
 from tests.unit.test_cli import restore_logging  # noqa: F401
 
-OTHER_NAMES = ("bot.matrix", "bot.test_logging")
+OTHER_NAMES = ("bot.matrix", "bot.test_logging", NIO_CRYPTO_LOGGER)
 
 
 @pytest.fixture(autouse=True)
@@ -160,3 +160,70 @@ levels = { "bot.matrix" = "DEBUG" }
     assert logging.getLogger("bot.matrix").level == logging.DEBUG
     _load(argparse.Namespace(config=str(file), log_level="DEBUG"))
     assert logging.getLogger().level == logging.DEBUG
+
+
+def nio_fails_to_decrypt(store: Path, times: int) -> None:
+    """What nio does while an event's room key has not come: a real client with its Olm
+    machine (no network: the login is restored from a made-up token) tries to decrypt a
+    Megolm event it has no session for, `times` times (the bot retries at every new key)."""
+    from nio import AsyncClient, AsyncClientConfig, Event, MegolmEvent
+    from nio.exceptions import EncryptionError
+
+    store.mkdir(exist_ok=True)
+    client = AsyncClient(
+        "http://127.0.0.1:9",
+        "@bot:test",
+        store_path=str(store),
+        config=AsyncClientConfig(encryption_enabled=True, pickle_key="test"),
+    )
+    client.restore_login("@bot:test", "BOTDEVICE", "token")
+    event = Event.parse_event(
+        {
+            "type": "m.room.encrypted",
+            "event_id": "$sealed",
+            "sender": "@alice:test",
+            "origin_server_ts": 1_700_000_000_000,
+            "room_id": "!dm:test",
+            "content": {
+                "algorithm": "m.megolm.v1.aes-sha2",
+                "ciphertext": "AwgAEhAx",
+                "sender_key": "alice-curve25519",
+                "session_id": "session-without-key",
+                "device_id": "ALICEPHONE",
+            },
+        }
+    )
+    assert isinstance(event, MegolmEvent)
+    event.room_id = "!dm:test"
+    for _ in range(times):
+        with pytest.raises(EncryptionError):
+            client.decrypt_event(event)
+
+
+def test_nio_repeated_decryption_warnings_are_dropped_real_ones_kept(tmp_path: Path) -> None:
+    """Issue #13: while an event waits for its key, nio wrote a few WARNING lines at every
+    new key (59 of a short session's 92 lines). They are gone; nio's other warnings and its
+    errors stay; with nio's crypto logger at DEBUG they show, as DEBUG."""
+    stream = io.StringIO()
+    setup_logging(LoggingConfig(), stream=stream)
+    nio_fails_to_decrypt(tmp_path / "store", times=5)
+    assert lines_of(stream) == []
+
+    crypto = logging.getLogger(NIO_CRYPTO_LOGGER)
+    crypto.warning("Error importing inbound group session: bad session key")
+    crypto.error("Failed to decrypt Olm message: unknown error")
+    assert [line.split(" ", 2)[2] for line in lines_of(stream)] == [
+        "WARNING nio.crypto.log: Error importing inbound group session: bad session key",
+        "ERROR nio.crypto.log: Failed to decrypt Olm message: unknown error",
+    ]
+
+    debugging = io.StringIO()
+    config = LoggingConfig(
+        level="DEBUG", levels=(*DEFAULT_LOG_LEVELS, (NIO_CRYPTO_LOGGER, "DEBUG"))
+    )
+    setup_logging(config, stream=debugging)
+    nio_fails_to_decrypt(tmp_path / "store", times=1)
+    shown = [line for line in lines_of(debugging) if "Error decrypting megolm event" in line]
+    assert len(shown) == 1 and " DEBUG nio.crypto.log: " in shown[0]
+    assert " WARNING " not in debugging.getvalue()
+    assert len(crypto.filters) == 1  # a second setup does not stack a second filter
