@@ -2,8 +2,10 @@
 
 It starts a throwaway Synapse on loopback (kept in `DIR/synapse`), registers three accounts
 (the bot, one staff member, one client), creates the staff room and the client's direct chat
-with the bot, writes `DIR/bot.toml`, runs the bot in this process and, when standard input is a
-terminal, lets you chat with the bot as the client. Ctrl-C stops everything it started.
+with the bot (encrypted, as Element creates direct chats), writes `DIR/bot.toml`, runs the bot
+in this process and, when standard input is a terminal, lets you chat with the bot as the
+client (an end-to-end encrypted nio client, its keys in `DIR/chat`). Ctrl-C stops everything
+it started.
 
 Everything lives in the data folder (default `demo-data`): running the demo again reuses the
 homeserver, the accounts, the rooms (their ids are in `DIR/state.json`) and the bot's database.
@@ -70,6 +72,12 @@ DEMO_ENTRIES = frozenset(
     }
 )
 KEYCAPS = {str(n): f"{n}\ufe0f\u20e3" for n in range(10)} | {"10": "\U0001f51f"}
+# The state event that makes a room end-to-end encrypted (Megolm, as every client does).
+ENCRYPTION_STATE: dict[str, Any] = {
+    "type": "m.room.encryption",
+    "state_key": "",
+    "content": {"algorithm": "m.megolm.v1.aes-sha2"},
+}
 
 
 class DemoError(Exception):
@@ -447,14 +455,23 @@ async def _rooms(
         _say(f"  created the staff room {staff_room}")
     client_dm = state.get("client_dm")
     if not (client_dm in bot_rooms and client_dm in await client.joined_rooms()):
-        # What Element does when a client starts a chat with the bot.
+        # What Element does when a client starts a chat with the bot: encrypted from the start.
         client_dm = await client.create_room(
-            {"preset": "trusted_private_chat", "is_direct": True, "invite": [bot.user_id]}
+            {
+                "preset": "trusted_private_chat",
+                "is_direct": True,
+                "invite": [bot.user_id],
+                "initial_state": [ENCRYPTION_STATE],
+            }
         )
         await bot.join(client_dm)
         await client.set_direct(logins["bot"].user_id, client_dm)
         await bot.set_direct(logins["client"].user_id, client_dm)
-        _say(f"  created the client's direct chat {client_dm}")
+        _say(f"  created the client's direct chat {client_dm} (encrypted)")
+    elif not await client.is_encrypted(client_dm):
+        # A demo folder from before the direct chat was encrypted: as Element would offer.
+        await client.encrypt(client_dm)
+        _say(f"  the client's direct chat {client_dm} is now encrypted")
     return staff_room, client_dm
 
 
@@ -484,6 +501,18 @@ class _Api:
 
     async def join(self, room_id: str) -> None:
         await self.call("POST", f"/join/{quote(room_id, safe='')}", {})
+
+    async def is_encrypted(self, room_id: str) -> bool:
+        path = f"/rooms/{quote(room_id, safe='')}/state/m.room.encryption/"
+        try:
+            await self.call("GET", path)
+        except DemoError:  # 404 M_NOT_FOUND: never encrypted
+            return False
+        return True
+
+    async def encrypt(self, room_id: str) -> None:
+        path = f"/rooms/{quote(room_id, safe='')}/state/m.room.encryption/"
+        await self.call("PUT", path, ENCRYPTION_STATE["content"])
 
     async def set_direct(self, other: str, room_id: str) -> None:
         """`m.direct` account data, so clients show the room as a direct chat."""
@@ -750,13 +779,15 @@ async def _maybe_chat(
         return
     from bot.testing.matrix import login_client
 
+    # The direct chat is encrypted: the terminal is a device with its own keys, in `chat/`.
+    store = data_dir / "chat"
     client = await login_client(
         world.base_url,
         world.client.user_id,
         world.client.password,
-        store_path=data_dir / "chat",
+        store_path=store,
         device_name="support-bot demo terminal",
-        encryption=False,
+        encryption=True,
     )
     chat = _TerminalChat(client, world, stop)
     tasks = [
@@ -769,9 +800,13 @@ async def _maybe_chat(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        device_id = client.device_id
         with contextlib.suppress(Exception):
             await client.logout()  # its device is not needed after the demo
         await client.close()
+        # Nor are its keys: the next run is a new device, with keys of its own.
+        with contextlib.suppress(OSError):
+            (store / f"{world.client.user_id}_{device_id}.db").unlink(missing_ok=True)
 
 
 class _TerminalChat:
@@ -819,8 +854,8 @@ class _TerminalChat:
                     await self._react(text.removeprefix("/react").strip())
                 else:
                     await send_text(self.client, self.world.client_dm, text)
-            except RuntimeError as error:
-                _say(f"(not sent: {error})", err=True)
+            except Exception as error:  # refused, or keys not shared (nio): say so, go on
+                _say(f"(not sent: {error or type(error).__name__})", err=True)
         else:  # end of input
             if not sys.stdin.isatty():
                 _say("(end of input: the demo keeps running, Ctrl-C stops it)")
@@ -841,6 +876,7 @@ class _TerminalChat:
                     "key": KEYCAPS.get(key, key),
                 }
             },
+            ignore_unverified_devices=True,  # as `send_text`: nobody verifies in the demo
         )
 
 

@@ -7,6 +7,7 @@ import contextlib
 import importlib.util
 import os
 import re
+import secrets
 import signal
 import sys
 import time
@@ -47,19 +48,20 @@ class DemoRun:
         return match.groups()
 
 
-async def start_demo(data_dir: Path, port: int, cwd: Path) -> DemoRun:
-    """Start the demo and return once it printed its ready banner."""
+async def start_demo(data_dir: Path, port: int, cwd: Path, *, chat: bool = False) -> DemoRun:
+    """Start the demo and return once it printed its ready banner. With `chat`, its standard
+    input is a pipe (`run.process.stdin`) for the terminal chat."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "bot",
         "demo",
-        "--no-chat",
+        "--chat" if chat else "--no-chat",
         "--data-dir",
         str(data_dir),
         "--port",
         str(port),
-        stdin=asyncio.subprocess.DEVNULL,
+        stdin=asyncio.subprocess.PIPE if chat else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         cwd=cwd,
@@ -123,11 +125,13 @@ async def check_logins_and_help(run: DemoRun, store: Path) -> None:
     finally:
         await staff.close()
 
+    # The direct chat is encrypted, as Element makes it: the client needs its own keys.
     client = await login_client(
-        homeserver, client_id, client_password, store_path=store / "client", encryption=False
+        homeserver, client_id, client_password, store_path=store / "client", encryption=True
     )
     try:
         assert bot_id in client.rooms[dm].users
+        assert client.rooms[dm].encrypted
         await send_text(client, dm, "!help")
         answer = await wait_for_message(
             client,
@@ -136,6 +140,7 @@ async def check_logins_and_help(run: DemoRun, store: Path) -> None:
             timeout=ANSWER_TIMEOUT,
         )
         assert "!help" in answer.body
+        assert answer.decrypted  # the bot answered encrypted, and the client read it
     finally:
         await client.close()
 
@@ -166,3 +171,107 @@ async def test_demo_starts_answers_stops_and_starts_again(tmp_path: Path) -> Non
 
     assert rooms[1] == rooms[0], "the second run must reuse the rooms of the first"
     print(f"\ndemo, first run: {timings[0]}\ndemo, second run: {timings[1]}")
+
+
+def world_bot(run: DemoRun) -> str:
+    bot_id, _ = run.find(r"^\s+bot\s+(@\S+)\s+password: (\S+)$")
+    return bot_id
+
+
+async def test_the_terminal_chat_talks_to_the_bot_in_the_encrypted_direct_chat(
+    tmp_path: Path,
+) -> None:
+    """`support-bot demo --chat`: lines typed are sent as the client, encrypted, and the bot's
+    answers are decrypted and printed; `/quit` stops the demo."""
+    if importlib.util.find_spec("bot.app") is None:
+        pytest.skip("bot.app not written yet")
+    data_dir = tmp_path / "demo-data"
+    run = await start_demo(data_dir, free_port(), cwd=tmp_path, chat=True)
+    stdin = run.process.stdin
+    assert stdin is not None
+    try:
+        (homeserver,) = run.find(r"^\s+homeserver\s+(http://\S+)")
+        client_id, client_password = run.find(r"^\s+client\s+(@\S+)\s+password: (\S+)$")
+        (dm,) = run.find(r"client DM: (\S+)$")
+        stdin.write(b"!aide\n")
+        await stdin.drain()
+        deadline = time.monotonic() + ANSWER_TIMEOUT
+        # The help, printed as the client's terminal decrypted it (in French, the service's
+        # language): the bot's name, then its text, which lists !aide.
+        while not re.search(r"^support-bot: (.|\n)*!aide", run.output, re.MULTILINE):
+            assert time.monotonic() < deadline, f"no answer printed:\n{run.output}"
+            await asyncio.sleep(0.2)
+
+        # What went over the wire: the typed line and the answer, both encrypted.
+        reader = await login_client(
+            homeserver,
+            client_id,
+            client_password,
+            store_path=tmp_path / "reader",
+            encryption=False,  # a device without keys sees what the homeserver holds
+        )
+        try:
+            page = await reader.room_messages(dm, start=reader.next_batch, limit=20)
+            messages = [
+                e.source
+                for e in page.chunk
+                if e.source["type"] in ("m.room.message", "m.room.encrypted")
+            ]
+            assert {e["sender"] for e in messages} == {client_id, world_bot(run)}
+            assert all(e["type"] == "m.room.encrypted" for e in messages), messages
+            await reader.logout()
+        finally:
+            await reader.close()
+
+        stdin.write(b"/quit\n")
+        await stdin.drain()
+        code = await asyncio.wait_for(run.process.wait(), EXIT_TIMEOUT)
+    finally:
+        if run.process.returncode is None:
+            await stop_demo(run)
+        for pid in synapse_pids(data_dir / "synapse"):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+    await run.reader
+    assert code == 0, run.output
+    # The terminal's device was signed out, and its keys deleted with it.
+    assert list((data_dir / "chat").glob("*.db")) == []
+
+
+async def test_an_older_demo_direct_chat_is_encrypted_when_reused(synapse) -> None:
+    """A demo folder from before the direct chat was encrypted keeps its room, now encrypted;
+    a folder without one gets a new, encrypted direct chat. (The set-up's own code, against
+    the session's Synapse, with accounts of this test.)"""
+    import aiohttp
+
+    from bot.demo import Login, _Api, _rooms
+
+    suffix = secrets.token_hex(3)
+    logins: dict[str, Login] = {}
+    tokens: dict[str, str] = {}
+    for role in ("bot", "staff", "client"):
+        password = secrets.token_hex(8)
+        user_id, token = await synapse.register(f"demo-{role}-{suffix}", password)
+        logins[role], tokens[role] = Login(user_id, password), token
+    async with aiohttp.ClientSession() as http:
+        api = {
+            role: _Api(http, synapse.base_url, logins[role].user_id, tokens[role])
+            for role in logins
+        }
+        fresh = await _rooms(api, logins, {})
+        assert await api["client"].is_encrypted(fresh[1])
+
+        # As an older demo made it: no encryption.
+        old_dm = await api["client"].create_room(
+            {
+                "preset": "trusted_private_chat",
+                "is_direct": True,
+                "invite": [logins["bot"].user_id],
+            }
+        )
+        await api["bot"].join(old_dm)
+        assert not await api["client"].is_encrypted(old_dm)
+        state = {"staff_room": fresh[0], "client_dm": old_dm}
+        assert await _rooms(api, logins, state) == (fresh[0], old_dm)
+        assert await api["client"].is_encrypted(old_dm)
+        assert await api["bot"].is_encrypted(old_dm)
