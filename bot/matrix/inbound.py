@@ -3,7 +3,8 @@
 Only this package imports nio; handlers see `IncomingText`, `IncomingReaction`,
 `IncomingRedaction` and `IncomingMember`. `to_incoming` returns None for anything else
 (state changes, calls, undecrypted events, malformed events), so callers never have to know
-nio's class hierarchy.
+nio's class hierarchy. For the undecryptable ones (`bot.matrix.pending`): `to_unreadable`,
+`to_withheld` (an `m.room_key.withheld` to-device message) and `to_withheld_notice`.
 """
 
 from __future__ import annotations
