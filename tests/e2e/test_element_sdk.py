@@ -1,7 +1,16 @@
 """Issue #13: the bot as Element's users meet it, driven with Element's own SDK.
 
 matrix-js-sdk with its Rust crypto (`tests/js`, run by Node ≥ 22) plays the client, in an
-encrypted direct chat with the real bot process on the session's Synapse.
+encrypted direct chat created as Element creates one, with the real bot process on the
+session's Synapse. What is checked is what that user sees: every message of the bot readable,
+the shield Element would draw next to it (`getEncryptionInfoForEvent`), the bot's identity
+and whether Element would warn that it changed; and on the bot's side that it read every
+message (nothing left undecryptable, never "I cannot read this").
+
+The three settings of Element that matter here: its default (`AllDevicesIsolationMode`),
+"exclude insecure devices" (`OnlySignedDevicesIsolationMode`, for which Element also sets up
+the user's own cross-signing), and "never send encrypted messages to unverified sessions"
+(`globalBlacklistUnverifiedDevices`).
 """
 
 from __future__ import annotations
@@ -14,12 +23,30 @@ import pytest
 import pytest_asyncio
 
 from .conftest import RunningBot
-from .element_sdk import ElementClient
-from .test_intake_e2e import DESCRIPTION_FR, FR_QUESTIONS, TIMEOUT
+from .element_sdk import ElementClient, Runtime, runtime
+from .test_encrypted_intake import cannot_read_wordings, undecrypted_ids
+from .test_intake_e2e import DESCRIPTION_FR, FR_QUESTIONS, INSTANCE, REF, TIMEOUT, staff_card
 
 pytestmark = pytest.mark.e2e
 
 ElementFactory = Callable[..., Awaitable[ElementClient]]
+
+# The intake in French, as in tests/e2e/test_intake_e2e.py: what the client writes, and a part
+# of the bot's answer to it.
+INTAKE = [
+    (DESCRIPTION_FR, FR_QUESTIONS["category"]),
+    ("5", FR_QUESTIONS["instance"]),
+    (INSTANCE, FR_QUESTIONS["channel"]),
+    ("1", FR_QUESTIONS["email"]),
+    ("client@example.org", "client@example.org"),
+    ("oui", "SP-"),
+]
+
+
+@pytest.fixture(autouse=True)
+def element_sdk_installed() -> Runtime:
+    """Skip (with the reason) before the bot is started when the SDK or Node is missing."""
+    return runtime()
 
 
 @pytest_asyncio.fixture
@@ -46,11 +73,132 @@ async def element(running_bot: RunningBot) -> AsyncIterator[ElementFactory]:
         await client.close()
 
 
-async def test_first_answer_in_an_encrypted_dm(running_bot, element):
+async def full_intake(client: ElementClient, dm: str, bot: RunningBot) -> str:
+    """Go through the whole intake; return the reference of the ticket the bot opened (after
+    checking that the staff room got its card)."""
+    answer: dict[str, Any] = {}
+    for text, expected in INTAKE:
+        await client.send(dm, text)
+        answer = await client.wait_for(dm, bot.bot_user_id, expected, timeout=TIMEOUT)
+    match = REF.search(answer["body"])
+    assert match, answer
+    card = await staff_card(bot, match.group(0))
+    assert DESCRIPTION_FR in card.body
+    return match.group(0)
+
+
+async def bot_messages_as_seen(client: ElementClient, dm: str, bot: RunningBot) -> list[dict]:
+    """Every message of the bot in `dm`, each one decrypted by the client: none that it could
+    not read, none that it could read only later (Element shows "Unable to decrypt" meanwhile),
+    none still waiting."""
+    seen = await client.messages(dm, bot.bot_user_id)
+    assert seen, "the client saw no message of the bot"
+    for message in seen:
+        assert not message.get("pending"), message
+        assert message["failure"] is None, f"the client could not decrypt: {message}"
+        assert not message["failed_before"], f"the client could decrypt only late: {message}"
+        assert message["encrypted"] and message["decrypted"], message
+    return seen
+
+
+def assert_bot_read_everything(bot: RunningBot, seen: list[dict]) -> None:
+    """The bot kept no event it could not decrypt, and never told the client it could not
+    read them."""
+    assert undecrypted_ids(bot.workdir / "bot.sqlite3") == set()
+    for wording in cannot_read_wordings():
+        for message in seen:
+            assert wording not in message["body"], message
+
+
+# -- Element's default settings ---------------------------------------------------------------
+
+
+async def test_default_mode_full_intake_readable_both_ways_and_no_shield(running_bot, element):
     bot = running_bot
     client = await element("erin")
     dm = await client.create_dm(bot.bot_user_id)
-    await client.send(dm, DESCRIPTION_FR)
-    answer = await client.wait_for(dm, bot.bot_user_id, FR_QUESTIONS["category"], timeout=TIMEOUT)
-    assert answer["decrypted"], answer
-    print(answer)
+
+    await full_intake(client, dm, bot)
+
+    seen = await bot_messages_as_seen(client, dm, bot)
+    assert_bot_read_everything(bot, seen)
+    # Element draws no shield next to them ("Encrypted by a device not verified by its owner"
+    # was the red one): the bot's device is signed by its own cross-signing identity.
+    shields = {(m["shield"], m["shield_reason"]) for m in seen}
+    assert shields == {("NONE", None)}, seen
+
+
+# -- "exclude insecure devices" ---------------------------------------------------------------
+
+
+async def test_only_signed_devices_mode_full_intake_readable_both_ways(running_bot, element):
+    bot = running_bot
+    client = await element("farid", isolation="only_signed", cross_sign=True)
+    assert client.master_key  # Element's own cross-signing, set up for this mode
+    dm = await client.create_dm(bot.bot_user_id)
+
+    await full_intake(client, dm, bot)
+
+    seen = await bot_messages_as_seen(client, dm, bot)
+    assert_bot_read_everything(bot, seen)
+    identity = await client.identity(bot.bot_user_id)
+    assert identity["master_key"] and not identity["needs_user_approval"], identity
+    assert identity["devices"] and all(d["signed_by_owner"] for d in identity["devices"])
+
+
+# -- "never send encrypted messages to unverified sessions" -----------------------------------
+
+
+async def test_blacklisting_unverified_devices_the_bot_says_at_once_what_to_do(
+    running_bot, element
+):
+    """The client withholds its room key from the bot's device (the bot is not verified by
+    this user), so the bot cannot read the message: it says so at once, without waiting for a
+    key that will not come, and keeps the event in case it does. The blacklist concerns what
+    the client sends: the bot's answer reaches it, readable."""
+    bot = running_bot
+    client = await element("gwen", blacklist_unverified=True)
+    dm = await client.create_dm(bot.bot_user_id)
+
+    event_id = await client.send(dm, DESCRIPTION_FR)
+    answer = await client.wait_for(dm, bot.bot_user_id, timeout=TIMEOUT)
+
+    assert answer["decrypted"] and answer["failure"] is None, answer
+    assert FR_QUESTIONS["category"] not in answer["body"]  # it could not read the request
+    assert event_id in undecrypted_ids(bot.workdir / "bot.sqlite3")
+
+
+# -- the bot's identity across a restart and a restore ----------------------------------------
+
+
+async def identity_with_signed_devices(client: ElementClient, bot: RunningBot) -> dict:
+    identity = await client.identity(bot.bot_user_id)
+    assert identity["master_key"], f"the bot has no cross-signing identity: {identity}"
+    assert not identity["needs_user_approval"], f"Element would warn: {identity}"
+    assert identity["devices"], identity
+    assert all(d["signed_by_owner"] for d in identity["devices"]), identity
+    return identity
+
+
+async def test_a_restart_keeps_the_identity_the_client_sees(running_bot, element):
+    bot = running_bot
+    client = await element("hugo")
+    dm = await client.create_dm(bot.bot_user_id)
+    steps = iter(INTAKE)
+    for text, expected in [next(steps), next(steps)]:
+        await client.send(dm, text)
+        await client.wait_for(dm, bot.bot_user_id, expected, timeout=TIMEOUT)
+    before = await identity_with_signed_devices(client, bot)
+
+    await bot.restart(kill=False)
+    # Two exchanges: the client's second message is sent after it has caught up with any
+    # change of the bot's keys (it queries them before sharing its room key).
+    for text, expected in [next(steps), next(steps)]:
+        await client.send(dm, text)
+        await client.wait_for(dm, bot.bot_user_id, expected, timeout=TIMEOUT)
+
+    after = await identity_with_signed_devices(client, bot)
+    assert after["master_key"] == before["master_key"]
+    assert after["devices"] == before["devices"]  # the same device, signed as before
+    seen = await bot_messages_as_seen(client, dm, bot)
+    assert {m["shield"] for m in seen} == {"NONE"}, seen
