@@ -15,7 +15,10 @@ the user's own cross-signing), and "never send encrypted messages to unverified 
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import shutil
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -180,6 +183,17 @@ async def identity_with_signed_devices(client: ElementClient, bot: RunningBot) -
     return identity
 
 
+async def new_device_seen(client: ElementClient, bot: RunningBot, old_device: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        identity = await client.identity(bot.bot_user_id)
+        if {d["device_id"] for d in identity["devices"]} - {old_device}:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the client never saw the bot's new device: {identity}")
+        await asyncio.sleep(0.2)
+
+
 async def test_a_restart_keeps_the_identity_the_client_sees(running_bot, element):
     bot = running_bot
     client = await element("hugo")
@@ -200,5 +214,42 @@ async def test_a_restart_keeps_the_identity_the_client_sees(running_bot, element
     after = await identity_with_signed_devices(client, bot)
     assert after["master_key"] == before["master_key"]
     assert after["devices"] == before["devices"]  # the same device, signed as before
+    seen = await bot_messages_as_seen(client, dm, bot)
+    assert {m["shield"] for m in seen} == {"NONE"}, seen
+
+
+async def test_a_restore_from_the_recovery_key_keeps_the_identity_the_client_sees(
+    running_bot, element, monkeypatch
+):
+    """A new installation: the bot's store is lost (the database is kept), the operator gives
+    the recovery key the bot wrote at its first start. The bot logs in as a new device, which
+    its identity signs: the client sees the same identity, and no warning."""
+    from bot.matrix.crosssign import RECOVERY_KEY_FILE, read_recovery_key
+
+    bot = running_bot
+    client = await element("iris")
+    dm = await client.create_dm(bot.bot_user_id)
+    steps = iter(INTAKE)
+    text, expected = next(steps)
+    await client.send(dm, text)
+    await client.wait_for(dm, bot.bot_user_id, expected, timeout=TIMEOUT)
+    before = await identity_with_signed_devices(client, bot)
+    (old_device,) = (d["device_id"] for d in before["devices"])
+    store = bot.workdir / "store"
+    recovery_key = read_recovery_key((store / RECOVERY_KEY_FILE).read_text())
+
+    await bot.stop()
+    shutil.rmtree(store)
+    monkeypatch.setenv("SUPPORT_BOT_MATRIX_RECOVERY_KEY", recovery_key)
+    await bot.start()
+    # The client writes once it knows the bot's new device (as a user writing a little later).
+    await new_device_seen(client, bot, old_device)
+    for text, expected in [next(steps), next(steps)]:
+        await client.send(dm, text)
+        await client.wait_for(dm, bot.bot_user_id, expected, timeout=TIMEOUT)
+
+    after = await identity_with_signed_devices(client, bot)
+    assert after["master_key"] == before["master_key"]
+    assert {d["device_id"] for d in after["devices"]} > {old_device}
     seen = await bot_messages_as_seen(client, dm, bot)
     assert {m["shield"] for m in seen} == {"NONE"}, seen
