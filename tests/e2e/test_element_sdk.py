@@ -156,10 +156,11 @@ async def test_only_signed_devices_mode_full_intake_readable_both_ways(running_b
 async def test_blacklisting_unverified_devices_the_bot_says_at_once_what_to_do(
     running_bot, element
 ):
-    """The client withholds its room key from the bot's device (the bot is not verified by
-    this user), so the bot cannot read the message: it says so at once, without waiting for a
-    key that will not come, and keeps the event in case it does. The blacklist concerns what
-    the client sends: the bot's answer reaches it, readable."""
+    """The client withholds its room key from the bot's device (this user has not verified
+    the bot), so the bot cannot read the message: it says so at once, in the client's language,
+    with what to do, rather than waiting a day for a key that will not come; and it keeps the
+    event in case the key comes. The client can read that answer (the blacklist concerns what
+    the client sends)."""
     bot = running_bot
     client = await element("gwen", blacklist_unverified=True)
     dm = await client.create_dm(bot.bot_user_id)
@@ -167,8 +168,13 @@ async def test_blacklisting_unverified_devices_the_bot_says_at_once_what_to_do(
     event_id = await client.send(dm, DESCRIPTION_FR)
     answer = await client.wait_for(dm, bot.bot_user_id, timeout=TIMEOUT)
 
-    assert answer["decrypted"] and answer["failure"] is None, answer
-    assert FR_QUESTIONS["category"] not in answer["body"]  # it could not read the request
+    assert answer["failure"] is None and answer["body"], f"unreadable: {answer}"
+    body = answer["body"]
+    assert FR_QUESTIONS["category"] not in body  # it could not read the request
+    assert "Je ne peux pas lire le message chiffré" in body
+    # What to do: turn off Element's setting (named as in French), then write again.
+    assert "désactivez « Ne jamais envoyer de messages chiffrés aux sessions non vérifiées" in body
+    assert "envoyez à nouveau votre message" in body
     assert event_id in undecrypted_ids(bot.workdir / "bot.sqlite3")
 
 
