@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import shutil
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -25,12 +26,14 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from .conftest import RunningBot
+from .conftest import RunningBot, make_running_bot
 from .element_sdk import ElementClient, Runtime, runtime
-from .test_encrypted_intake import cannot_read_wordings, undecrypted_ids
+from .test_encrypted_intake import cannot_read_wordings
 from .test_intake_e2e import DESCRIPTION_FR, FR_QUESTIONS, INSTANCE, REF, TIMEOUT, staff_card
 
-pytestmark = pytest.mark.e2e
+# One bot for the whole module (its users and direct chats are each test's own), on one event
+# loop: starting a bot per test would double the module's time.
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
 ElementFactory = Callable[..., Awaitable[ElementClient]]
 
@@ -46,26 +49,38 @@ INTAKE = [
 ]
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def element_sdk_installed() -> Runtime:
     """Skip (with the reason) before the bot is started when the SDK or Node is missing."""
     return runtime()
 
 
-@pytest_asyncio.fixture
-async def element(running_bot: RunningBot) -> AsyncIterator[ElementFactory]:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def bot(synapse, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningBot]:
+    made = await make_running_bot(synapse, tmp_path_factory.mktemp("element-sdk"))
+    await made.start()
+    try:
+        yield made
+    finally:
+        await made.stop()
+        for client in [*made.clients, made.staff]:
+            await client.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def element(bot: RunningBot) -> AsyncIterator[ElementFactory]:
     """`await element("erin", isolation=..., cross_sign=...)`: a new user on the js-sdk."""
     clients: list[ElementClient] = []
 
     async def make(localpart: str, **modes: Any) -> ElementClient:
         user = f"{localpart}{secrets.token_hex(3)}"
         password = "pw-" + secrets.token_hex(8)
-        user_id, _ = await running_bot.synapse.register(user, password)
+        user_id, _ = await bot.synapse.register(user, password)
         client = await ElementClient.start(
-            running_bot.synapse.base_url,
+            bot.synapse.base_url,
             user_id,
             password,
-            log_path=running_bot.workdir / "element" / f"{user}.log",
+            log_path=bot.workdir / "element" / f"{user}.log",
             **modes,
         )
         clients.append(client)
@@ -74,6 +89,13 @@ async def element(running_bot: RunningBot) -> AsyncIterator[ElementFactory]:
     yield make
     for client in clients:
         await client.close()
+
+
+def undecrypted_in(bot: RunningBot, room_id: str) -> set[str]:
+    """The events of `room_id` the bot keeps as undecryptable."""
+    with sqlite3.connect(bot.workdir / "bot.sqlite3", timeout=5) as conn:
+        rows = conn.execute("SELECT event_id FROM undecrypted_event WHERE room_id = ?", (room_id,))
+        return {row[0] for row in rows}
 
 
 async def full_intake(client: ElementClient, dm: str, bot: RunningBot) -> str:
@@ -105,10 +127,10 @@ async def bot_messages_as_seen(client: ElementClient, dm: str, bot: RunningBot) 
     return seen
 
 
-def assert_bot_read_everything(bot: RunningBot, seen: list[dict]) -> None:
-    """The bot kept no event it could not decrypt, and never told the client it could not
-    read them."""
-    assert undecrypted_ids(bot.workdir / "bot.sqlite3") == set()
+def assert_bot_read_everything(bot: RunningBot, dm: str, seen: list[dict]) -> None:
+    """The bot kept no event of `dm` it could not decrypt, and never told the client it could
+    not read them."""
+    assert undecrypted_in(bot, dm) == set()
     for wording in cannot_read_wordings():
         for message in seen:
             assert wording not in message["body"], message
@@ -117,15 +139,14 @@ def assert_bot_read_everything(bot: RunningBot, seen: list[dict]) -> None:
 # -- Element's default settings ---------------------------------------------------------------
 
 
-async def test_default_mode_full_intake_readable_both_ways_and_no_shield(running_bot, element):
-    bot = running_bot
+async def test_default_mode_full_intake_readable_both_ways_and_no_shield(bot, element):
     client = await element("erin")
     dm = await client.create_dm(bot.bot_user_id)
 
     await full_intake(client, dm, bot)
 
     seen = await bot_messages_as_seen(client, dm, bot)
-    assert_bot_read_everything(bot, seen)
+    assert_bot_read_everything(bot, dm, seen)
     # Element draws no shield next to them ("Encrypted by a device not verified by its owner"
     # was the red one): the bot's device is signed by its own cross-signing identity.
     shields = {(m["shield"], m["shield_reason"]) for m in seen}
@@ -135,8 +156,7 @@ async def test_default_mode_full_intake_readable_both_ways_and_no_shield(running
 # -- "exclude insecure devices" ---------------------------------------------------------------
 
 
-async def test_only_signed_devices_mode_full_intake_readable_both_ways(running_bot, element):
-    bot = running_bot
+async def test_only_signed_devices_mode_full_intake_readable_both_ways(bot, element):
     client = await element("farid", isolation="only_signed", cross_sign=True)
     assert client.master_key  # Element's own cross-signing, set up for this mode
     dm = await client.create_dm(bot.bot_user_id)
@@ -144,7 +164,7 @@ async def test_only_signed_devices_mode_full_intake_readable_both_ways(running_b
     await full_intake(client, dm, bot)
 
     seen = await bot_messages_as_seen(client, dm, bot)
-    assert_bot_read_everything(bot, seen)
+    assert_bot_read_everything(bot, dm, seen)
     identity = await client.identity(bot.bot_user_id)
     assert identity["master_key"] and not identity["needs_user_approval"], identity
     assert identity["devices"] and all(d["signed_by_owner"] for d in identity["devices"])
@@ -153,15 +173,12 @@ async def test_only_signed_devices_mode_full_intake_readable_both_ways(running_b
 # -- "never send encrypted messages to unverified sessions" -----------------------------------
 
 
-async def test_blacklisting_unverified_devices_the_bot_says_at_once_what_to_do(
-    running_bot, element
-):
+async def test_blacklisting_unverified_devices_the_bot_says_at_once_what_to_do(bot, element):
     """The client withholds its room key from the bot's device (this user has not verified
     the bot), so the bot cannot read the message: it says so at once, in the client's language,
     with what to do, rather than waiting a day for a key that will not come; and it keeps the
     event in case the key comes. The client can read that answer (the blacklist concerns what
     the client sends)."""
-    bot = running_bot
     client = await element("gwen", blacklist_unverified=True)
     dm = await client.create_dm(bot.bot_user_id)
 
@@ -175,7 +192,7 @@ async def test_blacklisting_unverified_devices_the_bot_says_at_once_what_to_do(
     # What to do: turn off Element's setting (named as in French), then write again.
     assert "désactivez « Ne jamais envoyer de messages chiffrés aux sessions non vérifiées" in body
     assert "envoyez à nouveau votre message" in body
-    assert event_id in undecrypted_ids(bot.workdir / "bot.sqlite3")
+    assert event_id in undecrypted_in(bot, dm)
 
 
 # -- the bot's identity across a restart and a restore ----------------------------------------
@@ -201,8 +218,7 @@ async def new_device_seen(client: ElementClient, bot: RunningBot, old_device: st
         await asyncio.sleep(0.2)
 
 
-async def test_a_restart_keeps_the_identity_the_client_sees(running_bot, element):
-    bot = running_bot
+async def test_a_restart_keeps_the_identity_the_client_sees(bot, element):
     client = await element("hugo")
     dm = await client.create_dm(bot.bot_user_id)
     steps = iter(INTAKE)
@@ -226,14 +242,13 @@ async def test_a_restart_keeps_the_identity_the_client_sees(running_bot, element
 
 
 async def test_a_restore_from_the_recovery_key_keeps_the_identity_the_client_sees(
-    running_bot, element, monkeypatch
+    bot, element, monkeypatch
 ):
     """A new installation: the bot's store is lost (the database is kept), the operator gives
     the recovery key the bot wrote at its first start. The bot logs in as a new device, which
     its identity signs: the client sees the same identity, and no warning."""
     from bot.matrix.crosssign import RECOVERY_KEY_FILE, read_recovery_key
 
-    bot = running_bot
     client = await element("iris")
     dm = await client.create_dm(bot.bot_user_id)
     steps = iter(INTAKE)
