@@ -219,6 +219,8 @@ async def new_device_seen(client: ElementClient, bot: RunningBot, old_device: st
 
 
 async def test_a_restart_keeps_the_identity_the_client_sees(bot, element):
+    """A restart with the same store: the same device, the same identity, nothing for Element
+    to warn about, and the conversation goes on."""
     client = await element("hugo")
     dm = await client.create_dm(bot.bot_user_id)
     steps = iter(INTAKE)
@@ -238,6 +240,7 @@ async def test_a_restart_keeps_the_identity_the_client_sees(bot, element):
     assert after["master_key"] == before["master_key"]
     assert after["devices"] == before["devices"]  # the same device, signed as before
     seen = await bot_messages_as_seen(client, dm, bot)
+    assert_bot_read_everything(bot, dm, seen)
     assert {m["shield"] for m in seen} == {"NONE"}, seen
 
 
@@ -274,4 +277,5 @@ async def test_a_restore_from_the_recovery_key_keeps_the_identity_the_client_see
     assert after["master_key"] == before["master_key"]
     assert {d["device_id"] for d in after["devices"]} > {old_device}
     seen = await bot_messages_as_seen(client, dm, bot)
+    assert_bot_read_everything(bot, dm, seen)
     assert {m["shield"] for m in seen} == {"NONE"}, seen
