@@ -18,6 +18,11 @@
 //       the next message of `sender` (not taken by an earlier wait_for) whose decrypted body
 //       contains every string; fails on timeout with what was seen
 //   messages {room_id, sender}          every message of `sender` in the room, as seen now
+//       A message is {event_id, sender, type, msgtype, body, encrypted, decrypted,
+//       failure (a DecryptionFailureCode, or null), failed_before (a decryption of it ever
+//       failed), shield ("NONE" | "GREY" | "RED", from getEncryptionInfoForEvent),
+//       shield_reason (an EventShieldReason name, or null)}; {event_id, sender, pending: true}
+//       until its decryption has ended.
 //   identity {user_id}                  that user's cross-signing identity and devices as this
 //                                       client sees them
 //   stop                                stop syncing and exit
@@ -104,14 +109,18 @@ async function remember(event, room) {
     const records = state.rooms.get(room.roomId);
     // Its place in the timeline is taken now; what it says is filled in once decrypted.
     records.push({ event_id: event.getId(), sender: event.getSender(), pending: true });
+    // A message that failed first and was decrypted later (its key came late) counts as
+    // readable, but that it failed once is kept (`failed_before`). Of updates that overlap,
+    // the last one started wins.
+    let generation = 0;
+    let failedOnce = false;
     const update = async () => {
+        const mine = ++generation;
         const record = await describe(event);
-        const index = records.findIndex((r) => r.event_id === record.event_id);
-        // A message that failed first and was decrypted later (its key came late) counts as
-        // readable, but that it failed once is kept.
-        const before = records[index];
-        record.failed_before = Boolean(before.failed_before || before.failure);
-        records[index] = record;
+        failedOnce ||= record.failure !== null;
+        if (mine !== generation) return;
+        record.failed_before = failedOnce;
+        records[records.findIndex((r) => r.event_id === record.event_id)] = record;
         for (const waiter of state.waiters) waiter();
     };
     event.on(sdk.MatrixEventEvent.Decrypted, () => void update());
