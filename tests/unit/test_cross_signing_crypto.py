@@ -11,8 +11,6 @@ import functools
 import operator
 
 import pytest
-import vodozemac
-from canonicaljson import encode_canonical_json
 
 from bot.matrix.secretstore import (
     AES_HMAC_SHA2,
@@ -27,6 +25,7 @@ from bot.matrix.secretstore import (
     new_key,
 )
 from bot.matrix.signing import CrossSigningKeys, SigningKey, sign_json, verify_json
+from tests.signatures import signed_by
 
 USER = "@bot:example.org"
 DEVICE_KEYS = {
@@ -39,19 +38,6 @@ DEVICE_KEYS = {
 }
 
 
-def vodozemac_verifies(value: dict, signer: str, public: str) -> bool:
-    """An independent check: vodozemac over the canonical JSON the spec describes."""
-    stripped = {k: v for k, v in value.items() if k not in ("signatures", "unsigned")}
-    signature = value["signatures"][signer][f"ed25519:{public}"]
-    try:
-        vodozemac.Ed25519PublicKey.from_base64(public).verify_signature(
-            encode_canonical_json(stripped), vodozemac.Ed25519Signature.from_base64(signature)
-        )
-    except vodozemac.SignatureException:
-        return False
-    return True
-
-
 # -- signed JSON ------------------------------------------------------------------------------
 
 
@@ -59,7 +45,7 @@ def test_a_signed_device_verifies_with_the_public_key_and_keeps_what_it_had() ->
     key = SigningKey.generate()
     signed = sign_json(DEVICE_KEYS, USER, key)
 
-    assert vodozemac_verifies(signed, USER, key.public)
+    assert signed_by(signed, USER, key.public)
     assert verify_json(signed, USER, key.public)
     # The device's own signature and `unsigned` are kept; the original is not changed.
     assert signed["signatures"][USER]["ed25519:ABCDEFGHIJ"] == "the device's own signature"
@@ -72,9 +58,9 @@ def test_signatures_and_unsigned_are_not_signed_but_everything_else_is() -> None
     signed = sign_json(DEVICE_KEYS, USER, key)
 
     other_unsigned = {**signed, "unsigned": {"device_display_name": "renamed"}}
-    assert vodozemac_verifies(other_unsigned, USER, key.public)
+    assert signed_by(other_unsigned, USER, key.public)
     changed_key = {**signed, "keys": {**signed["keys"], "ed25519:ABCDEFGHIJ": "another"}}
-    assert not vodozemac_verifies(changed_key, USER, key.public)
+    assert not signed_by(changed_key, USER, key.public)
     assert not verify_json(changed_key, USER, key.public)
 
 
@@ -115,7 +101,7 @@ def test_the_upload_body_signs_both_subkeys_with_the_master_key() -> None:
     ):
         assert body[name]["usage"] == [usage]
         assert body[name]["keys"] == {f"ed25519:{key.public}": key.public}
-        assert vodozemac_verifies(body[name], USER, keys.master.public)
+        assert signed_by(body[name], USER, keys.master.public)
     assert CrossSigningKeys.from_seeds(keys.seeds()).master.public == keys.master.public
 
 
