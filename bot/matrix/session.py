@@ -11,6 +11,10 @@ The pickle key, when `matrix.pickle_key` is not configured, is generated once an
 a PostgreSQL server elsewhere) and also holds the access token. A key an older version kept
 in the database (a `BotState` row) is moved to that file once, then the row is deleted. Back
 the store directory up whole: without `pickle.key` its keys cannot be read.
+
+One process at a time: `open()` takes an flock on `store_path/.lock` (released by `close()`,
+or when the process ends), so `support-bot e2ee setup` cannot run beside the bot and fork the
+device's one-time keys. `view()` opens no store: it only looks (`support-bot e2ee status`).
 """
 
 from __future__ import annotations
