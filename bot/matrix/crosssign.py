@@ -176,7 +176,11 @@ class CrossSigning:
 
     async def _ensure(self) -> None:
         published = await self.published()
-        local = await self._load_local()
+        try:
+            local = await self._load_local()
+        except CrossSigningError as error:  # the recovery key (or a new identity) may mend it
+            log.error("cross-signing: %s", error)
+            local = None
         if published.master is None:
             key_file = self._recovery_key_file()
             local, _ = await self._create(replace=False, key_file=key_file)

@@ -13,6 +13,7 @@ import logging
 import stat
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -267,3 +268,63 @@ async def test_a_fresh_store_without_the_key_runs_unsigned_and_says_what_to_do(
     assert not signed_by(device, bot.user_id, only_key(answer["self_signing_keys"][bot.user_id]))
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert any("support-bot e2ee restore" in line for line in errors), errors
+
+
+async def test_secret_storage_lost_on_the_homeserver_is_written_again_from_the_store(
+    bot: Bot, observer: AsyncClient, sent: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    shell = await bot.start()
+    master = await published_identity(observer, bot.user_id, shell.device_id)
+    recovery_key = recovery_key_of(bot)
+    # Account data cannot be deleted: an emptied default key is what a lost one looks like.
+    client = shell._session.nio()
+    user = quote(bot.user_id, safe="")
+    async with (
+        aiohttp.ClientSession() as http,
+        http.put(
+            f"{client.homeserver}/_matrix/client/v3/user/{user}/account_data/"
+            "m.secret_storage.default_key",
+            json={},
+            headers={"Authorization": f"Bearer {client.access_token}"},
+        ) as response,
+    ):
+        assert response.status == 200
+    await bot.stop()
+    sent.clear()
+
+    await bot.start()  # the store still holds the keys: Secret Storage is written again
+    assert [path for _, path in identity_writes(sent) if path.endswith(UPLOADS)] == []
+    assert any("m.secret_storage.default_key" in path for _, path in identity_writes(sent))
+    await bot.stop()
+
+    # …so that the recovery key still restores the identity on a new store.
+    with_matrix(bot, store_path=str(tmp_path / "new-store"), recovery_key=recovery_key)
+    shell = await bot.start()
+    assert await published_identity(observer, bot.user_id, shell.device_id) == master
+
+
+async def test_with_an_access_token_only_the_first_upload_needs_no_password(
+    bot: Bot, observer: AsyncClient, sent: list[tuple[str, str]]
+) -> None:
+    # Synapse applies MSC3967: a first identity is published without interactive auth.
+    matrix = bot.config.matrix
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{matrix.homeserver}/_matrix/client/v3/login",
+            json={
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": matrix.user_id},
+                "password": matrix.password,
+            },
+        ) as response,
+    ):
+        assert response.status == 200
+        token = (await response.json())["access_token"]
+    with_matrix(bot, password=None, access_token=token)
+
+    shell = await bot.start()
+
+    await published_identity(observer, bot.user_id, shell.device_id)
+    uploads = [path for _, path in sent if path.endswith(UPLOADS[0])]
+    assert len(uploads) == 1  # one request: no second try with an `auth`
