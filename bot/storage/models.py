@@ -146,6 +146,20 @@ class Ticket(Model):
     converted_from = fields.CharField(max_length=32, null=True)
     closed_reason = fields.TextField(null=True)
     version = fields.IntField(default=0)
+    # Satisfaction (asked once, when the client accepts a resolution or the ticket closes):
+    # when it was asked, the question's event (reactions 1️⃣–5️⃣ on it count), the rating 1–5,
+    # an optional comment and when it was given.
+    rating_asked_at = fields.DatetimeField(null=True)
+    rating_event_id = fields.CharField(max_length=255, null=True)
+    rating = fields.IntField(null=True)
+    rating_comment = fields.TextField(null=True)
+    rated_at = fields.DatetimeField(null=True)
+    # A staff ✅ given on the card before the client consented (refused then, remembered):
+    # who, and the reaction's event id; and the staff-room "start now?" message the bot posted
+    # once the client consented, whose own ✅ confirms in one click.
+    early_confirm_by = fields.CharField(max_length=255, null=True)
+    early_confirm_event_id = fields.CharField(max_length=255, null=True)
+    start_prompt_event_id = fields.CharField(max_length=255, null=True)
 
     class Meta:
         table = "ticket"
@@ -237,6 +251,12 @@ class Booking(Model):
     # its call long over (ended, nothing to end, left to a booking re-using it, or given up):
     # NULL while that is still to do.
     meeting_ended_at = fields.DatetimeField(null=True)
+    # The client did not join: when staff said so (🚫 on the call's staff message or !noshow),
+    # and who. Whether it bills the ticket is `service.no_show_billed`.
+    no_show_at = fields.DatetimeField(null=True)
+    no_show_by = fields.CharField(max_length=255, null=True)
+    # The call's message in the staff room (a 🚫 reaction on it marks a no-show).
+    staff_event_id = fields.CharField(max_length=255, null=True)
 
     class Meta:
         table = "booking"
@@ -356,3 +376,85 @@ class DeferredEvent(Model):
             Index(fields=("lane", "id"), name="idx_deferred_event_lane"),
             Index(fields=("due_at",), name="idx_deferred_event_due_at"),
         )
+
+
+# A client organisation: several clients (Matrix users or bridged nicknames) sharing one
+# prepaid ticket balance. A client in no organisation is an organisation of one.
+class Organisation(Model):
+    id = fields.IntField(primary_key=True)
+    name = fields.CharField(max_length=128)
+    # `name` folded (casefold, stripped): what `!org add NAME` looks up; unique.
+    name_key = fields.CharField(max_length=128, unique=True)
+    created_by = fields.CharField(max_length=255)
+    created_at = fields.DatetimeField()
+
+    class Meta:
+        table = "organisation"
+
+
+# Which organisation a client belongs to (at most one).
+class OrgMember(Model):
+    id = fields.IntField(primary_key=True)
+    organisation: fields.ForeignKeyRelation[Organisation] = fields.ForeignKeyField(
+        "models.Organisation", related_name="members", on_delete=fields.CASCADE
+    )
+    client: fields.ForeignKeyRelation[Client] = fields.ForeignKeyField(
+        "models.Client", related_name="memberships", on_delete=fields.CASCADE, unique=True
+    )
+    added_by = fields.CharField(max_length=255)
+    added_at = fields.DatetimeField()
+
+    class Meta:
+        table = "org_member"
+        indexes = (Index(fields=("organisation_id",), name="idx_org_member_org_id"),)
+
+
+# Tickets bought in advance (or a correction: a negative count), never edited: the purchase
+# rows are their own audit log. For an organisation, or for a client in none.
+class Purchase(Model):
+    id = fields.IntField(primary_key=True)
+    organisation: fields.ForeignKeyNullableRelation[Organisation] = fields.ForeignKeyField(
+        "models.Organisation", related_name="purchases", null=True, on_delete=fields.RESTRICT
+    )
+    client: fields.ForeignKeyNullableRelation[Client] = fields.ForeignKeyField(
+        "models.Client", related_name="purchases", null=True, on_delete=fields.RESTRICT
+    )
+    tickets = fields.IntField()
+    note = fields.TextField(null=True)
+    recorded_by = fields.CharField(max_length=255)
+    at = fields.DatetimeField()
+
+    class Meta:
+        table = "purchase"
+        indexes = (
+            Index(fields=("organisation_id",), name="idx_purchase_org_id"),
+            Index(fields=("client_id",), name="idx_purchase_client_id"),
+        )
+
+
+# A staff dashboard login: a one-time link (hashed token, short-lived), then a session
+# cookie (hashed too). `kind` is "link" or "session".
+class DashboardToken(Model):
+    id = fields.IntField(primary_key=True)
+    token_hash = fields.CharField(max_length=128, unique=True)
+    kind = fields.CharField(max_length=16)
+    staff = fields.CharField(max_length=255)
+    created_at = fields.DatetimeField()
+    expires_at = fields.DatetimeField()
+    used_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "dashboard_token"
+
+
+# How far the support mailbox has been read, per IMAP folder: its UIDVALIDITY and the last UID
+# handled. Advanced in the same transaction as what the mail changed (`bot.storage.mailbox`),
+# so a crash between fetch and commit replays the mail without doing it twice.
+class MailboxPosition(Model):
+    folder = fields.CharField(max_length=255, primary_key=True)
+    uidvalidity = fields.BigIntField()
+    last_uid = fields.BigIntField()
+    updated_at = fields.DatetimeField()
+
+    class Meta:
+        table = "mailbox_position"

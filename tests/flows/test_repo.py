@@ -519,3 +519,30 @@ async def test_erased_client_can_come_back_as_a_new_client(db: None) -> None:
     fresh = await repo.get_or_create_client(ALICE, now=NOW)
     assert fresh.email is None
     assert await repo.open_tickets_for(ALICE) == []
+
+
+# --- Mailbox position ------------------------------------------------------------------------
+
+
+async def test_a_mail_is_advanced_over_once_and_a_rolled_back_one_comes_again(db: None) -> None:
+    from bot.storage import mailbox
+
+    assert await mailbox.position("INBOX") is None
+    async with in_transaction():
+        assert await mailbox.advance("INBOX", 7, 10, now=NOW)
+    assert not await mailbox.advance("INBOX", 7, 10, now=NOW)  # already handled
+    assert not await mailbox.advance("INBOX", 7, 9, now=NOW)
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom):
+        async with in_transaction():
+            assert await mailbox.advance("INBOX", 7, 11, now=NOW)
+            raise Boom  # the crash between fetch and commit
+    assert await mailbox.position("INBOX") == mailbox.Position(7, 10)
+    assert await mailbox.advance("INBOX", 7, 11, now=NOW)  # replayed once
+    # The server renumbered the folder: counting starts again from the new UIDVALIDITY.
+    assert await mailbox.advance("INBOX", 8, 1, now=NOW)
+    assert await mailbox.position("INBOX") == mailbox.Position(8, 1)
+    assert await mailbox.position("Archive") is None
