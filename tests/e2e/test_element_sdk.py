@@ -26,6 +26,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from bot.matrix.crosssign import RECOVERY_KEY_FILE, read_recovery_key
+
 from .conftest import RunningBot, make_running_bot
 from .element_sdk import ElementClient, Runtime, runtime
 from .test_encrypted_intake import cannot_read_wordings
@@ -250,8 +252,6 @@ async def test_a_restore_from_the_recovery_key_keeps_the_identity_the_client_see
     """A new installation: the bot's store is lost (the database is kept), the operator gives
     the recovery key the bot wrote at its first start. The bot logs in as a new device, which
     its identity signs: the client sees the same identity, and no warning."""
-    from bot.matrix.crosssign import RECOVERY_KEY_FILE, read_recovery_key
-
     client = await element("iris")
     dm = await client.create_dm(bot.bot_user_id)
     steps = iter(INTAKE)
