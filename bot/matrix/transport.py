@@ -38,7 +38,6 @@ from nio import (
     AsyncClient,
     ErrorResponse,
     Event,
-    JoinedMembersResponse,
     KeysQueryResponse,
     LocalProtocolError,
     MatrixRoom,
@@ -431,17 +430,15 @@ class NioTransport:
 
     async def ensure_room(self, room_id: str) -> None:
         """Make nio know `room_id` (state, members, encryption) before the next sync does, or
-        complete the member list of a room syncs showed only in part (lazy-loaded members)."""
-        client = self._nio()
-        room = client.rooms.get(room_id)
-        if room is None:
+        complete a room syncs showed only in part (lazy-loaded members).
+
+        The full state, not only `/joined_members`: a room known from incremental syncs alone
+        (a fresh key store resuming from the stored sync position) may be encrypted with nio
+        unaware of it, and the bot would then answer in clear in an encrypted room.
+        """
+        room = self._nio().rooms.get(room_id)
+        if room is None or not room.members_synced:
             await self.load_room(room_id)
-        elif not room.members_synced:
-            await call(
-                f"members of {room_id}",
-                lambda: client.joined_members(room_id),
-                expect=JoinedMembersResponse,
-            )
 
     async def load_room(self, room_id: str, *, encrypted: bool = False) -> None:
         """Read the room's full state into nio's room (created if unknown).
