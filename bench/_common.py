@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import math
 import os
+import random
 import secrets
 import signal
 import sys
@@ -185,6 +186,26 @@ def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(q / 100 * len(ordered)))
     return ordered[rank - 1]
+
+
+def ratio_interval(
+    before: Sequence[float], after: Sequence[float], q: float, *, draws: int = 2000, seed: int = 1
+) -> tuple[float, float]:
+    """A 95 % bootstrap interval of percentile(after, q) / percentile(before, q).
+
+    A p99 of a few hundred answers rests on its few slowest ones: the interval says how far the
+    ratio could move by chance alone (a regression is real when the interval stays above 1).
+    """
+    if not before or not after:
+        return math.nan, math.nan
+    rng = random.Random(seed)
+    ratios = []
+    for _ in range(draws):
+        b = percentile(rng.choices(before, k=len(before)), q)
+        a = percentile(rng.choices(after, k=len(after)), q)
+        ratios.append(a / b if b else math.nan)
+    ratios.sort()
+    return ratios[int(0.025 * draws)], ratios[int(0.975 * draws) - 1]
 
 
 @dataclass

@@ -83,8 +83,8 @@ class Breakdown:
     def matched(self) -> int:
         return len(self.parts[PARTS[0]])
 
-    def p50(self, part: str) -> float:
-        return percentile(self.parts[part], 50)
+    def p(self, part: str, q: float) -> float:
+        return percentile(self.parts[part], q)
 
 
 def breakdown(

@@ -73,6 +73,7 @@ from _common import (
     percentile,
     pg_backends,
     raise_priority,
+    ratio_interval,
     system_busy,
     use_database,
     verdict,
@@ -111,6 +112,7 @@ class Plan:
     open_rate: float
     intake_single: int  # intakes with K = 1, one after the other
     intake_k: int  # concurrent intakes
+    k1_rounds: int = 4  # rounds of the closed K=1 phase (A B B A…)
 
     @property
     def clients(self) -> int:
@@ -311,7 +313,7 @@ class Phase:
 def phases(plan: Plan) -> list[Phase]:
     # Every phase but the K=20 intakes is split in rounds, A B B A…: drift and other load on
     # the machine hit both bots alike.
-    k1_rounds, other_rounds, open_rounds = 4, 2, 2
+    k1_rounds, other_rounds, open_rounds = plan.k1_rounds, 2, 2
     out = []
     for k, m in plan.closed:
         rounds = k1_rounds if k == 1 else other_rounds
@@ -748,6 +750,7 @@ def before_after(
                 ms(b.p(99)),
                 ms(a.p(99)),
                 times(ratio(a.p(99), b.p(99))),
+                "{:.2f}–{:.2f}".format(*ratio_interval(b.latencies, a.latencies, 99)),
                 f"{per_answer_ms(b):.1f}",
                 f"{per_answer_ms(a):.1f}",
                 times(ratio(per_answer_ms(a), per_answer_ms(b))),
@@ -762,7 +765,9 @@ def before_after(
         f"Before = {before} (the baseline revision), after = {after} (this working tree); "
         "× = after / before (for latency and CPU below 1 is better, for answers/s above 1). "
         "CPU per answer = the bot's CPU seconds during the phase divided by "
-        "its answers. Both ran in the same rounds, one after the other, with the same load.",
+        "its answers. Both ran in the same rounds, one after the other, with the same load. "
+        "The p99 × interval is a bootstrap 95 % interval of the ratio: when it includes 1, the "
+        "difference is within what chance alone gives with this many answers.",
         "",
         markdown_table(
             (
@@ -774,6 +779,7 @@ def before_after(
                 "p99 before",
                 "p99 after",
                 "p99 ×",
+                "p99 × 95 % interval",
                 "CPU ms/answer before",
                 "CPU ms/answer after",
                 "CPU ×",
@@ -924,7 +930,7 @@ def report(
             found, r = parts.get((name, bot)), by.get((name, bot))
             if found is None or r is None or not found.matched:
                 continue
-            spans = [found.p50(part) for part in PARTS]
+            spans = [found.p(part, 50) for part in PARTS]
             split_rows.append(
                 (name, bot, found.matched, *map(ms, spans), ms(sum(spans)), ms(r.p(50)))
             )
@@ -933,6 +939,23 @@ def report(
             ("phase", "bot", "answers", *PARTS, "sum", "client-measured p50"), split_rows
         )
     )
+    # The tail, part by part: which part makes a p99 (each part's own p99, so they do not add
+    # up). "to the bot's send" is the one that holds the bot's own work.
+    tail_rows = []
+    for name in names:
+        for bot in bots:
+            found, r = parts.get((name, bot)), by.get((name, bot))
+            if found is None or r is None or not found.matched:
+                continue
+            tail_rows.append(
+                (name, bot, found.matched, *(ms(found.p(part, 99)) for part in PARTS), ms(r.p(99)))
+            )
+    out += [
+        "",
+        "Each part's own p99 (ms; they do not add up to the answers' p99):",
+        "",
+        markdown_table(("phase", "bot", "answers", *PARTS, "client-measured p99"), tail_rows),
+    ]
 
     echo_k1 = by.get((k1, ECHO))
     echo_rtt = echo_k1.p(50) if echo_k1 is not None else math.nan
@@ -998,6 +1021,11 @@ def report(
 async def amain(args: argparse.Namespace) -> int:
     cancel_on_signals()
     plan = QUICK if args.quick else FULL
+    if args.k1_messages:
+        closed = ((1, args.k1_messages), *plan.closed[1:])
+        plan = dataclasses.replace(plan, closed=closed)
+    if args.k1_rounds:
+        plan = dataclasses.replace(plan, k1_rounds=args.k1_rounds)
     if args.intakes:
         plan = dataclasses.replace(plan, intake_single=args.intakes)
     workdir = Path(tempfile.mkdtemp(prefix="support-bot-bench-"))
@@ -1107,6 +1135,21 @@ def main() -> int:
         default=0,
         metavar="N",
         help="full intakes at K=1, one per round (default 10, --quick 2)",
+    )
+    parser.add_argument(
+        "--k1-messages",
+        type=int,
+        default=0,
+        metavar="M",
+        help="messages in the closed K=1 phase (default 200, --quick 50): a p99 needs many",
+    )
+    parser.add_argument(
+        "--k1-rounds",
+        type=int,
+        default=0,
+        metavar="N",
+        help="rounds the closed K=1 phase is split in (default 4): more rounds spread the "
+        "machine's other load more evenly over the bots",
     )
     parser.add_argument(
         "--baseline",

@@ -145,6 +145,43 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", dest="fmt", choices=("csv", "json"), default="csv", help="default: csv"
     )
 
+    e2ee = add("e2ee", _missing_subcommand, "the bot's cross-signing identity (Encryption)")
+    e2ee_commands = e2ee.add_subparsers(
+        title="e2ee subcommands", dest="e2ee_command", metavar="COMMAND"
+    )
+    e2ee_commands.add_parser(
+        "status",
+        parents=[common],
+        help="show the identity, its master key and whether the device is signed",
+    ).set_defaults(handler=_e2ee_status)
+    setup = e2ee_commands.add_parser(
+        "setup",
+        parents=[common],
+        help="create the identity (the bot stopped) and print its recovery key once",
+    )
+    setup.add_argument(
+        "--reset",
+        action="store_true",
+        help="replace an existing identity (every user sees the bot's identity change)",
+    )
+    setup.add_argument(
+        "--recovery-key-file",
+        metavar="PATH",
+        help="write the recovery key to this new file (mode 0600) instead of printing it",
+    )
+    setup.set_defaults(handler=_e2ee_setup)
+    restore = e2ee_commands.add_parser(
+        "restore",
+        parents=[common],
+        help="restore the identity from Secret Storage with the recovery key (the bot stopped)",
+    )
+    restore.add_argument(
+        "--recovery-key-file",
+        metavar="PATH",
+        help="read the recovery key from this file (default: standard input)",
+    )
+    restore.set_defaults(handler=_e2ee_restore)
+
     client = add("client", _missing_subcommand, "export or erase a client's personal data")
     client_commands = client.add_subparsers(
         title="client subcommands", dest="client_command", metavar="COMMAND"
@@ -223,7 +260,11 @@ def _port(value: str) -> int:
 
 def _missing_subcommand(args: argparse.Namespace) -> int:
     # argparse's `required=True` on nested subparsers gives a poor message; say what to type.
-    choices = {"tickets": "list, show REF, export --json", "client": "export ID, erase ID"}
+    choices = {
+        "tickets": "list, show REF, export --json",
+        "client": "export ID, erase ID",
+        "e2ee": "status, setup, restore",
+    }
     print(
         f"support-bot {args.command}: missing subcommand ({choices[args.command]}); "
         f"see support-bot {args.command} --help",
@@ -246,10 +287,15 @@ def _run(args: argparse.Namespace) -> int:
         with stop_on_signals(stop):
             await run_bot(config, stop=stop)
 
+    from bot.matrix.runtime import MatrixStartError
+
     try:
         asyncio.run(serve())
     except ConfigError as error:  # problems only visible at start (e.g. an unknown room)
         _print_problems(error)
+        return 1
+    except MatrixStartError as error:  # a refusal the operator must fix (password, key…)
+        log.error("cannot start: %s", error)
         return 1
     return 0
 
@@ -312,6 +358,26 @@ def _report(args: argparse.Namespace) -> int:
     from bot.cli_tickets import report
 
     return _with_config(args, report, args.month, args.fmt)
+
+
+def _e2ee_status(args: argparse.Namespace) -> int:
+    from bot.cli_e2ee import e2ee_status
+
+    return _with_config(args, e2ee_status)
+
+
+def _e2ee_setup(args: argparse.Namespace) -> int:
+    from bot.cli_e2ee import e2ee_setup
+
+    return _with_config(
+        args, e2ee_setup, reset=args.reset, recovery_key_file=args.recovery_key_file
+    )
+
+
+def _e2ee_restore(args: argparse.Namespace) -> int:
+    from bot.cli_e2ee import e2ee_restore
+
+    return _with_config(args, e2ee_restore, recovery_key_file=args.recovery_key_file)
 
 
 def _client_export(args: argparse.Namespace) -> int:

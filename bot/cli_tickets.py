@@ -18,8 +18,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -27,7 +26,7 @@ from zoneinfo import ZoneInfo
 from bot.config import Config
 from bot.i18n import Catalogs, Msg
 from bot.storage import personal_data, repo
-from bot.storage.db import close_db, open_db
+from bot.storage.db import database
 from bot.storage.models import AuditEntry, Ticket, TicketNote, TimeLog
 from handlers import privacy
 
@@ -52,15 +51,6 @@ _TERMINAL_CONTROLS = "\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
 _CONTROLS_IN_TEXT = re.compile(f"[\x00-\x08\x0b-\x1f{_TERMINAL_CONTROLS}\u2028\u2029]")
 _CONTROLS_IN_LINE = re.compile(f"[\x00-\x1f{_TERMINAL_CONTROLS}\u2028\u2029]")
 _CONTROLS_IN_JSON = re.compile(f"[{_TERMINAL_CONTROLS}\u2028\u2029]")
-
-
-@asynccontextmanager
-async def _database(config: Config) -> AsyncIterator[None]:
-    await open_db(config.database.url)
-    try:
-        yield
-    finally:
-        await close_db()
 
 
 def _tz(config: Config) -> ZoneInfo:
@@ -120,7 +110,7 @@ def _dump(data: Any) -> None:
 async def tickets_list(config: Config) -> int:
     """A table of every ticket, question and quote request, oldest first."""
     tz = _tz(config)
-    async with _database(config):
+    async with database(config.database.url):
         tickets = await Ticket.all().select_related("client").order_by("created_at", "id")
     if not tickets:
         print("No tickets yet.")
@@ -143,7 +133,7 @@ async def tickets_list(config: Config) -> int:
 async def tickets_show(config: Config, ref: str) -> int:
     """Every field of one ticket, its notes, time logs and history."""
     tz = _tz(config)
-    async with _database(config):
+    async with database(config.database.url):
         ticket = await repo.ticket_by_ref(ref)
         if ticket is None:
             _error(f"No ticket {ref.strip()!r}.")
@@ -197,7 +187,7 @@ async def tickets_show(config: Config, ref: str) -> int:
 async def tickets_export(config: Config, *, as_json: bool = True) -> int:
     """Every ticket in the SPEC §8 JSON form (a JSON array), or as CSV without `as_json`."""
     tz = _tz(config)
-    async with _database(config):
+    async with database(config.database.url):
         # Two queries whatever the number of tickets (not one booking query per ticket).
         tickets = await Ticket.all().select_related("client").order_by("created_at", "id")
         bookings = await repo.active_bookings()
@@ -242,7 +232,7 @@ async def report(config: Config, month: str, fmt: str = "csv") -> int:
     if fmt not in REPORT_FORMATS:
         _error(f"Bad format {fmt!r}: use one of {', '.join(REPORT_FORMATS)}.")
         return EXIT_USAGE
-    async with _database(config):
+    async with database(config.database.url):
         rows = await repo.report_month(*parsed, _tz(config))
     if fmt == "json":
         _dump(rows)
@@ -256,7 +246,7 @@ async def report(config: Config, month: str, fmt: str = "csv") -> int:
 
 async def client_export(config: Config, matrix_id: str) -> int:
     """All the data of one client (Matrix id, bridge key or anonymous id) as JSON."""
-    async with _database(config):
+    async with database(config.database.url):
         data = await personal_data.export_client(matrix_id.strip(), tz=_tz(config))
     if data is None:
         _error(f"No client {matrix_id.strip()!r}.")
@@ -274,7 +264,7 @@ async def client_erase(config: Config, matrix_id: str) -> int:
     staff = Catalogs.load(default=config.service.default_locale).get(None)
     tz = _tz(config)
     room = config.matrix.staff_room
-    async with _database(config):
+    async with database(config.database.url):
         erased = await personal_data.erase_client(
             key,
             now=datetime.now(UTC),

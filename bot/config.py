@@ -68,6 +68,12 @@ class MatrixConfig:
     allowed_servers: tuple[str, ...] = ()
     # Timeline events per room per sync (the homeserver default of 10 loses bursts).
     sync_timeline_limit: int = 50
+    # The recovery key of the bot's cross-signing identity: read at start when the store does
+    # not hold the identity's keys (a new installation, a lost store), to restore them.
+    recovery_key: str | None = field(default=None, metadata=SECRET)
+    # Where the first start writes the recovery key of the identity it creates (mode 0600).
+    # None: `store_path/recovery-key.txt`.
+    recovery_key_file: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -872,6 +878,8 @@ _CHECKS: Mapping[tuple[type, str], Callable[[Any], str | None]] = {
     (MatrixConfig, "store_path"): _non_empty,
     (MatrixConfig, "pickle_key"): _secret,
     (MatrixConfig, "sync_timeline_limit"): _at_least(1),
+    (MatrixConfig, "recovery_key"): _non_empty,
+    (MatrixConfig, "recovery_key_file"): _non_empty,
     (DatabaseConfig, "url"): _database_url,
     (ServiceConfig, "timezone"): _timezone,
     (ServiceConfig, "country"): _country,

@@ -4,6 +4,7 @@
 composes the parts, each in a module of its own:
 
 - `session`: the nio client, login and device reuse, the E2EE store, the staff room join;
+- `crosssign`: the bot's cross-signing identity, its device signed (Secret Storage, recovery);
 - `sync`: the sync loop, gaps of limited timelines, the batch commit and the sync position;
 - `invites`: accepting or declining the bot's invites;
 - `pending`: encrypted events that cannot be decrypted yet, retried, given up after a day;
@@ -22,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 from bot.config import Config
+from bot.matrix.crosssign import CrossSigning
 from bot.matrix.invites import Invites
 from bot.matrix.pending import PendingEvents
 from bot.matrix.runtime import Backoff, MatrixStartError, ShellStats, Stopped, Waiter
@@ -60,6 +62,7 @@ class MatrixShell:
         self.staff_room_id: str | None = None
         self._waiter = Waiter(backoff or Backoff())
         self._session = session = Session(matrix, facts)
+        self._cross_signing = CrossSigning(session, matrix)
         self._nio_transport = NioTransport(lambda: session.client, facts, matrix.user_id)
         self.transport: Transport = self._nio_transport
         self._pending = PendingEvents(
@@ -114,11 +117,12 @@ class MatrixShell:
         if self._session.client is not None:
             raise RuntimeError("MatrixShell.start() called twice")
         session, retry = self._session, self._waiter.retry
-        client = await session.open()
+        await session.open()
         try:
             await session.forget_other_account()
             await retry("login", session.login)
             await retry("key upload", session.upload_keys)
+            await retry("cross-signing", self._cross_signing.ensure)
             await self._sync.load_position()
             await retry("direct rooms", session.load_direct_rooms)
             self.staff_room_id = await retry("staff room", session.join_staff_room)
@@ -129,7 +133,7 @@ class MatrixShell:
         except Stopped:
             log.info("stopped while starting")
         except BaseException:
-            await client.close()
+            await session.close()  # the client, and the store's lock
             raise
 
     async def run(self) -> None:

@@ -11,11 +11,16 @@ The pickle key, when `matrix.pickle_key` is not configured, is generated once an
 a PostgreSQL server elsewhere) and also holds the access token. A key an older version kept
 in the database (a `BotState` row) is moved to that file once, then the row is deleted. Back
 the store directory up whole: without `pickle.key` its keys cannot be read.
+
+One process at a time: `open()` takes an flock on `store_path/.lock` (released by `close()`,
+or when the process ends), so `support-bot e2ee setup` cannot run beside the bot and fork the
+device's one-time keys. `view()` opens no store: it only looks (`support-bot e2ee status`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import secrets
@@ -53,6 +58,9 @@ PICKLE_KEY = "pickle_key"
 REQUEST_TIMEOUT = 60.0
 #: The generated pickle key's file, in the store directory.
 PICKLE_KEY_FILE = "pickle.key"
+#: Held (flock) by the process that uses the store: two processes over one store (the bot and
+#: a `support-bot e2ee` command) would each keep their own idea of the device's one-time keys.
+LOCK_FILE = ".lock"
 PRIVATE_DIRECTORY_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
 
@@ -90,6 +98,9 @@ class Session:
         self._matrix = matrix
         self._facts = facts
         self.client: CountingClient | None = None
+        #: The store's pickle key, once `open()` has read (or made) it.
+        self.pickle_key: str | None = None
+        self._lock: int | None = None
 
     @property
     def requests(self) -> int:
@@ -109,10 +120,16 @@ class Session:
         matrix = self._matrix
         store = Path(matrix.store_path)
         await asyncio.to_thread(protect_store, store)
+        self._lock = await asyncio.to_thread(_lock_store, store)
+        try:
+            self.pickle_key = await self._pickle_key()
+        except BaseException:
+            await self.close()
+            raise
         client_config = AsyncClientConfig(
             store_sync_tokens=False,
             encryption_enabled=True,
-            pickle_key=await self._pickle_key(),
+            pickle_key=self.pickle_key,
             max_timeouts=0,
             max_limit_exceeded=0,
             request_timeout=REQUEST_TIMEOUT,
@@ -123,9 +140,42 @@ class Session:
         )
         return self.client
 
+    async def view(self) -> CountingClient:
+        """A client of the stored session (or of the configured access token) without the
+        E2EE store: for looking (`support-bot e2ee status`) while the bot may be running.
+        The pickle key is read if there is one, never made."""
+        matrix = self._matrix
+        if matrix.pickle_key:
+            self.pickle_key = matrix.pickle_key
+        else:
+            path = Path(matrix.store_path) / PICKLE_KEY_FILE
+            self.pickle_key = await asyncio.to_thread(_read_key, path)
+        client = self.client = CountingClient(
+            matrix.homeserver,
+            matrix.user_id,
+            config=AsyncClientConfig(
+                encryption_enabled=False,
+                max_timeouts=0,
+                max_limit_exceeded=0,
+                request_timeout=REQUEST_TIMEOUT,
+            ),
+        )
+        token = matrix.access_token or await get_state(ACCESS_TOKEN)
+        if not token:
+            raise MatrixStartError("the bot has not logged in yet: start it first")
+        client.access_token, client.user_id = token, matrix.user_id
+        who = await call("whoami", client.whoami, expect=WhoamiResponse)
+        if who.user_id != matrix.user_id or not who.device_id:
+            raise MatrixStartError(f"the stored session is not {matrix.user_id}'s device")
+        client.device_id = who.device_id
+        return client
+
     async def close(self) -> None:
         if self.client is not None:
             await self.client.close()
+        if self._lock is not None:
+            os.close(self._lock)  # releases the flock
+            self._lock = None
 
     async def _pickle_key(self) -> str:
         """The configured key; else the one in `store_path/pickle.key`, moved there from the
@@ -139,7 +189,7 @@ class Session:
             in_file = in_database or secrets.token_urlsafe(32)
             # Written (and synced) before the row goes: a crash in between leaves both, and
             # the next start only deletes the row.
-            await asyncio.to_thread(_write_key, path, in_file)
+            await asyncio.to_thread(write_private_file, path, in_file)
             log.info(
                 "%s the E2EE store pickle key into %s",
                 "moved" if in_database else "generated",
@@ -322,14 +372,29 @@ def _read_key(path: Path) -> str | None:
     return text
 
 
-def _write_key(path: Path, key: str) -> None:
-    """Write `key` to `path` (mode 0600 from its creation, never a moment readable), durably:
+def _lock_store(store: Path) -> int:
+    """Take the store's lock (the descriptor holds it until closed); refuse when another
+    process holds it."""
+    descriptor = os.open(store / LOCK_FILE, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise MatrixStartError(
+            f"another support-bot process is using the key store {store}: stop it first "
+            "(`support-bot e2ee setup` and `restore` need the bot stopped)"
+        ) from None
+    return descriptor
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Write `text` to `path` (mode 0600 from its creation, never a moment readable), durably:
     a temporary file synced, renamed over, and the directory synced."""
     temporary = path.with_name(path.name + ".tmp")
     temporary.unlink(missing_ok=True)
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
     with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-        file.write(key + "\n")
+        file.write(text + "\n")
         file.flush()
         os.fsync(file.fileno())
     os.replace(temporary, path)

@@ -30,6 +30,7 @@ import contextlib
 import email.utils
 import hashlib
 import io
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -41,7 +42,6 @@ from nio import (
     AsyncClient,
     ErrorResponse,
     Event,
-    JoinedMembersResponse,
     KeysQueryResponse,
     LocalProtocolError,
     MatrixRoom,
@@ -143,6 +143,51 @@ async def call(
         log.warning("%s: rate limited, waiting %.1f s", what, wait)
         await asyncio.sleep(wait)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+CLIENT_API = "/_matrix/client/v3"
+
+
+async def api_request(
+    client: AsyncClient,
+    what: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    accept: tuple[int, ...] = (200,),
+) -> tuple[int, dict[str, Any]]:
+    """A client-server API request nio has no method for: `path` under `CLIENT_API`, JSON
+    both ways. Returns (status, JSON object) for an `accept`ed status; raises `TransportError`
+    otherwise (retryable: network errors, 429, 5xx). No retry here: the caller owns it."""
+    headers = {"Content-Type": "application/json"}
+    if client.access_token:
+        headers["Authorization"] = f"Bearer {client.access_token}"
+    data = None if body is None else json.dumps(body)
+    try:
+        response = await client.send(method, CLIENT_API + path, data, headers)
+        async with response:
+            status = response.status
+            try:
+                answer = await response.json(content_type=None)
+            except ValueError:
+                answer = None
+            retry_header = response.headers.get("Retry-After")
+    except NETWORK_ERRORS as error:
+        raise error_from_exception(error, what) from error
+    answer = answer if isinstance(answer, dict) else {}
+    if status in accept:
+        return status, answer
+    errcode = answer.get("errcode") if isinstance(answer.get("errcode"), str) else None
+    wait = answer.get("retry_after_ms")
+    retry_after = wait / 1000 if isinstance(wait, int) else parse_retry_after(retry_header)
+    raise TransportError(
+        f"{what}: {errcode or 'error'} (HTTP {status})",
+        retryable=status == 429 or status >= 500,
+        retry_after=retry_after,
+        errcode=errcode,
+        status=status,
+    )
 
 
 # -- what the sync loop learns that nio does not keep ---------------------------------------
@@ -402,17 +447,15 @@ class NioTransport:
 
     async def ensure_room(self, room_id: str) -> None:
         """Make nio know `room_id` (state, members, encryption) before the next sync does, or
-        complete the member list of a room syncs showed only in part (lazy-loaded members)."""
-        client = self._nio()
-        room = client.rooms.get(room_id)
-        if room is None:
+        complete a room syncs showed only in part (lazy-loaded members).
+
+        The full state, not only `/joined_members`: a room known from incremental syncs alone
+        (a fresh key store resuming from the stored sync position) may be encrypted with nio
+        unaware of it, and the bot would then answer in clear in an encrypted room.
+        """
+        room = self._nio().rooms.get(room_id)
+        if room is None or not room.members_synced:
             await self.load_room(room_id)
-        elif not room.members_synced:
-            await call(
-                f"members of {room_id}",
-                lambda: client.joined_members(room_id),
-                expect=JoinedMembersResponse,
-            )
 
     async def load_room(self, room_id: str, *, encrypted: bool = False) -> None:
         """Read the room's full state into nio's room (created if unknown).

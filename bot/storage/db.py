@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from tortoise import Tortoise
@@ -173,3 +175,13 @@ async def close_db() -> None:
     # process that reopens another backend under the same name (the test suite runs SQLite
     # then PostgreSQL) would reuse SQLite's placeholders on PostgreSQL.
     EXECUTOR_CACHE.clear()
+
+
+@asynccontextmanager
+async def database(url: str) -> AsyncIterator[None]:
+    """The database open (migrated) for one command, closed after it."""
+    await open_db(url)
+    try:
+        yield
+    finally:
+        await close_db()
