@@ -6,8 +6,10 @@ Two moments (see `bot.matrix.pending`):
   sender's app sent `m.room_key.withheld` instead of the key, or shared its Megolm session
   with the bot only from a later message on. What to do depends on the reason (`code`);
   `m.unverified` and `m.blacklisted` are the usual ones: the app shares keys with verified
-  sessions only (Element's "Never send encrypted messages to unverified sessions", or its
-  "exclude insecure devices" mode while the bot's device is not cross-signed).
+  sessions only (Element's "Never send encrypted messages to unverified sessions"; or its
+  "exclude insecure devices" mode, were the bot's device not signed by its cross-signing
+  identity). The client is told to turn that setting off: the bot cannot be verified
+  interactively.
 - **After a day** of waiting and asking for a key that never came (`IncomingUnreadable`),
   unless the sender was already told at once.
 
@@ -26,11 +28,12 @@ UNREADABLE = N_(
     "I could not read the encrypted message you sent on {sent}: its keys never reached me. "
     "Please send it again."
 )
+# Not "or verify me": the bot takes no part in interactive verification (README,
+# "Encryption"), so that would send the client to a request nobody answers.
 WITHHELD_UNVERIFIED = N_(
     "I cannot read the encrypted message you sent on {sent}: your app did not give me its "
     "key, because my session is not verified. In Element: Settings › Security & Privacy, turn "
-    "off “Never send encrypted messages to unverified sessions”, or verify my session. Then "
-    "send your message again."
+    "off “Never send encrypted messages to unverified sessions”, then send your message again."
 )
 WITHHELD_NO_OLM = N_(
     "I cannot read the encrypted message you sent on {sent}: your app could not open a secure "

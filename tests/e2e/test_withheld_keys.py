@@ -95,7 +95,7 @@ async def test_withheld_key_before_the_message_is_answered_at_once_in_french(run
     event_id = await send_text(client, dm, DESCRIPTION_FR)
     notice = await wait_for_message(client, dm, from_bot(bot, FR_NOTICE), timeout=TIMEOUT)
     assert FR_WHAT_TO_DO in notice.body
-    assert "ou vérifiez ma session" in notice.body
+    assert "puis envoyez à nouveau votre message" in notice.body
     # Readable whatever the app thinks of the bot's device: sent in clear.
     assert not notice.decrypted
     (on_wire,) = [

@@ -357,8 +357,8 @@ async def test_the_sender_is_told_why_and_what_to_do_in_clear_once(db_url: str) 
             "Je ne peux pas lire le message chiffré que vous avez envoyé le mercredi 25 novembre "
             "2026 à 09:30 : votre application ne m’en a pas donné la clé, car ma session n’est "
             "pas vérifiée. Dans Element : Paramètres › Sécurité et vie privée, désactivez « Ne "
-            "jamais envoyer de messages chiffrés aux sessions non vérifiées », ou vérifiez ma "
-            "session. Puis envoyez à nouveau votre message."
+            "jamais envoyer de messages chiffrés aux sessions non vérifiées », puis envoyez à "
+            "nouveau votre message."
         )
         # In clear, so that an app refusing the bot's keys can still read it; plain text.
         assert sent.in_clear and sent.content["msgtype"] == "m.notice"
