@@ -152,7 +152,7 @@ class InboundMailConfig:
     tls: str | None = None  # one of MAIL_TLS
     ca_file: str | None = None
     username: str | None = None
-    password: str | None = field(default=None, metadata=SECRET)
+    password: str | None = field(default=None, repr=False, metadata=SECRET)
     folder: str = "INBOX"
     # A handled mail is flagged (\Seen and the keyword $SupportBot) or moved to `move_to`.
     after: InboundAfter = "flag"
