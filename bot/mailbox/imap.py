@@ -25,8 +25,9 @@ header only (at most 64 KiB) with `too_big` set.
 Waiting. A look every `poll_interval` seconds, and with IDLE (RFC 2177), when the server
 has it, at once when a mail arrives. The looks go on under IDLE (re-issued at least every 25
 minutes: servers may drop an idle client after 30) because a mail that arrives between a
-look and the next IDLE is announced in an answer to another command, which aioimaplib
-drops. A mail the sink did not take now (False) is offered again at the next look.
+look's last search and the next IDLE is announced in an answer to another command, which
+aioimaplib drops; each look searches again until nothing is new, which keeps that moment
+short. A mail the sink did not take now (False) is offered again at the next look.
 
 Transport security, as `[mail] tls` (`bot.mail`): not set is TLS from the first byte on port
 993, else STARTTLS whenever offered and required when the server is not on this machine;
@@ -219,33 +220,45 @@ class MailboxReader:
         self, connection: _Connection, folder: _Folder, done: int, stop: asyncio.Event
     ) -> int:
         """Hand every new mail to the sink in UID order, until one is not handled now: the
-        last UID handled."""
+        last UID handled. Searches again until nothing is new, so that mails arriving during
+        a batch do not wait for the next look."""
         config = self._config
-        position = await self._position(config.folder)
-        last = position.last_uid if position and position.uidvalidity == folder.uidvalidity else 0
-        last = max(last, done)
-        uids = sorted(uid for uid in await connection.search(last + 1, folder) if uid > last)
-        for uid in uids:
-            if stop.is_set():
+        seen = done  # the last UID looked at in this look
+        while not stop.is_set():
+            position = await self._position(config.folder)
+            last = (
+                position.last_uid if position and position.uidvalidity == folder.uidvalidity else 0
+            )
+            last = max(last, seen)
+            uids = sorted(uid for uid in await connection.search(last + 1, folder) if uid > last)
+            if not uids:
                 break
-            mail = await connection.fetch(config.folder, folder.uidvalidity, uid, config.max_size)
-            if mail is None:  # expunged by someone else meanwhile
-                continue
-            try:
-                handled = await self._sink(mail)
-            except Exception as error:
-                raise ImapError(f"handling mail {uid} failed ({type(error).__name__})") from error
-            if not handled:
-                log.info(
-                    "mailbox: mail %d of %s not handled now: offered again later",
-                    uid,
-                    config.folder,
+            for uid in uids:
+                if stop.is_set():
+                    break
+                seen = uid
+                mail = await connection.fetch(
+                    config.folder, folder.uidvalidity, uid, config.max_size
                 )
-                break
-            self.stats.read += 1
-            done = uid
-            log.debug("mailbox: mail %d of %s handled", uid, config.folder)
-            await connection.mark(uid, folder, config.after, config.move_to)
+                if mail is None:  # expunged by someone else meanwhile
+                    continue
+                try:
+                    handled = await self._sink(mail)
+                except Exception as error:
+                    raise ImapError(
+                        f"handling mail {uid} failed ({type(error).__name__})"
+                    ) from error
+                if not handled:
+                    log.info(
+                        "mailbox: mail %d of %s not handled now: offered again later",
+                        uid,
+                        config.folder,
+                    )
+                    return done
+                self.stats.read += 1
+                done = uid
+                log.debug("mailbox: mail %d of %s handled", uid, config.folder)
+                await connection.mark(uid, folder, config.after, config.move_to)
         return done
 
 

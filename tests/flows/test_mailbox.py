@@ -17,7 +17,7 @@ from tortoise.transactions import in_transaction
 
 from bot.config import InboundMailConfig
 from bot.mailbox.imap import KEYWORD, MailboxReader
-from bot.mailbox.raw import RawMail
+from bot.mailbox.raw import MailSink, RawMail
 from bot.storage import mailbox as positions
 from tests.conftest import ImapServerFactory
 from tests.imap import PASSWORD, USER, ImapServer
@@ -97,7 +97,7 @@ async def eventually_async(condition: Callable[[], object], what: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def reading(config: InboundMailConfig, sink: Desk, **options: object):  # type: ignore[no-untyped-def]
+async def reading(config: InboundMailConfig, sink: MailSink, **options: object):  # type: ignore[no-untyped-def]
     """A reader running in the background, stopped (and awaited) on exit."""
     options.setdefault("backoff", (0.1, 0.5))
     options.setdefault("timeout", 10.0)
@@ -173,6 +173,28 @@ async def test_idle_wakes_the_reader_when_a_mail_arrives(
         await eventually(lambda: desk.uids() == [1], "the mail handled")
         # IDLE again, and again woken.
         await server.append(message(2))
+        await eventually(lambda: desk.uids() == [1, 2], "the second mail handled")
+
+
+async def test_a_mail_arriving_while_one_is_handled_does_not_wait_for_the_next_look(
+    db: None, imap_server: ImapServerFactory
+) -> None:
+    """The server announces it in its answer to the reader's next command (marking the first
+    mail), not to the IDLE that follows: the reader searches again before it idles."""
+    server = await holding(imap_server(), 1)
+    desk = Desk()
+    handling, go_on = asyncio.Event(), asyncio.Event()
+
+    async def slow(mail: RawMail) -> bool:
+        if mail.uid == 1:
+            handling.set()
+            await go_on.wait()
+        return await desk(mail)
+
+    async with reading(server.inbound(poll_interval=3600), slow):
+        await asyncio.wait_for(handling.wait(), WAIT)
+        await server.append(message(2))
+        go_on.set()
         await eventually(lambda: desk.uids() == [1, 2], "the second mail handled")
 
 
