@@ -21,8 +21,8 @@ from bot.dispatch import Dispatcher
 from bot.events import Incoming
 from bot.i18n import Catalogs
 from bot.mail import Mailer
-from bot.mailbox.imap import MailboxReader
 from bot.mailbox.raw import MailSink, RawMail
+from bot.mailbox.reader import MailboxReader
 from bot.matrix.client import MatrixShell
 from bot.outbox import Deliverer
 from bot.process import private_umask

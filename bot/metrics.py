@@ -80,7 +80,7 @@ class SyncStats(Protocol):
 
 
 class MailboxCounters(Protocol):
-    """What the metrics read of the mailbox reader (`bot.mailbox.imap.MailboxStats`)."""
+    """What the metrics read of the mailbox reader (`bot.mailbox.reader.MailboxStats`)."""
 
     @property
     def read(self) -> int: ...

@@ -1,43 +1,29 @@
-"""Reading the support mailbox over IMAP (`[mail.inbound]`), with aioimaplib.
+"""The IMAP side of the support mailbox (aioimaplib): one connection, its commands, and the
+answers it reads. `bot.mailbox.reader` drives it.
 
-`MailboxReader.run` is one loop that never ends before `stop` is set: connect, log in, SELECT
-the folder, hand every new mail to the sink in UID order, mark the handled ones, wait for the
-next, and after any failure start again after a pause (1 s, doubling up to 5 min).
+Searching. `UID SEARCH UID n:* UNDELETED NOT KEYWORD $SupportBot`: mails flagged \\Deleted are
+never read, nor, where the server keeps keywords (PERMANENTFLAGS holds \\*), those the bot
+marked handled, so a first start or a renumbered folder does not handle anything twice.
 
-Where to start. The database is the truth (`bot.storage.mailbox`): the sink advances the
-folder's position (UIDVALIDITY, last UID) in the transaction that handles a mail, and each
-look at the folder reads it and asks the server for the UIDs after it. A crash between fetch
-and commit leaves the position where it was: the mail comes again and is handled once. A
-new UIDVALIDITY (the server renumbered the folder) starts from the folder's first mail. The
-search always leaves out mails flagged \\Deleted and, where the server keeps keywords, those
-carrying the bot's `$SupportBot`: the first start and a renumbering do not handle again what
-was handled already. At its first start the bot reads every other mail of the folder.
+Fetching. RFC822.SIZE and INTERNALDATE first; then the whole mail (BODY.PEEK[]: nothing is
+marked read by the fetch), or, over `max_size`, its header only (at most 64 KiB): the body of
+a too-big mail is never downloaded.
 
-After a mail is handled (the sink returned True): `after = "flag"` sets \\Seen and
-`$SupportBot`; `after = "move"` sets them too, then moves the mail to `move_to` (created if
-missing) with UID MOVE (RFC 6851). Nothing is ever deleted: a server without MOVE gets a
-COPY, and the original stays, flagged, where it was (no \\Deleted, no EXPUNGE). A crash
-between the commit and the marking leaves a handled mail unmarked; it is not handled again.
+Marking a handled mail: \\Seen and `$SupportBot` (\\Seen only where keywords are refused);
+with `after = "move"`, then UID MOVE (RFC 6851) to `move_to`, created if missing. Nothing is
+ever deleted: a server without MOVE gets a COPY, and the original stays, flagged, where it was
+(no \\Deleted, no EXPUNGE).
 
-Too big. A mail larger than `max_size` (RFC822.SIZE) is never downloaded: the sink gets its
-header only (at most 64 KiB) with `too_big` set.
-
-Waiting. A look every `poll_interval` seconds, and with IDLE (RFC 2177), when the server
-has it, at once when a mail arrives. The looks go on under IDLE (re-issued at least every 25
-minutes: servers may drop an idle client after 30) because a mail that arrives between a
-look's last search and the next IDLE is announced in an answer to another command, which
-aioimaplib drops; each look searches again until nothing is new, which keeps that moment
-short. A mail the sink did not take now (False) is offered again at the next look.
+Waiting. IDLE (RFC 2177) when the server has it: a new mail (EXISTS) ends it; else a plain
+wait. Every command is bounded in time and given up as soon as the connection is lost.
 
 Transport security, as `[mail] tls` (`bot.mail`): not set is TLS from the first byte on port
 993, else STARTTLS whenever offered and required when the server is not on this machine;
 "starttls", "implicit" and "none" say so explicitly. Certificates are always verified
 (`ca_file` instead of the system's CAs). The login happens only once the connection is in
 its final state. aioimaplib has no STARTTLS of its own: the command is sent, then asyncio's
-`loop.start_tls` upgrades the connection under the same protocol object.
-
-Logs carry the host, the folder, UIDs and the kind of failure: never a mail's content, a
-sender, the login or the password.
+`loop.start_tls` upgrades the connection under the same protocol object, and the
+capabilities are asked again (RFC 3501: what was learnt before TLS is forgotten).
 """
 
 from __future__ import annotations
@@ -46,9 +32,8 @@ import asyncio
 import logging
 import re
 import ssl
-import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar, cast
 
@@ -56,18 +41,17 @@ import aioimaplib
 
 from bot.config import InboundMailConfig
 from bot.mail import TlsMode, is_local_host
-from bot.mailbox.raw import MailSink, RawMail
-from bot.storage import mailbox as positions
+from bot.mailbox.raw import RawMail
 
 __all__ = [
-    "IDLE_RENEW_SECONDS",
     "IMAPS_PORT",
     "KEYWORD",
+    "Folder",
+    "ImapConnection",
     "ImapError",
-    "MailboxReader",
-    "MailboxStats",
     "config_warnings",
     "tls_mode",
+    "until",
 ]
 
 log = logging.getLogger(__name__)
@@ -76,13 +60,10 @@ log = logging.getLogger(__name__)
 IMAPS_PORT = 993
 #: The keyword that marks a mail the bot handled (where the server keeps keywords).
 KEYWORD = "$SupportBot"
-#: IDLE is re-issued this often: RFC 2177 lets a server end an idle client after 30 minutes.
-IDLE_RENEW_SECONDS = 25 * 60
 #: At most this much of a too-big mail's header is read.
 HEADER_CAP = 64 * 1024
 
 T = TypeVar("T")
-PositionOf = Callable[[str], Awaitable[positions.Position | None]]
 
 
 def tls_mode(config: InboundMailConfig) -> TlsMode:
@@ -111,164 +92,15 @@ class ImapError(Exception):
     could not be handled. The message never holds a mail's content, an address or a login."""
 
 
-@dataclass
-class MailboxStats:
-    """The reader's counters, read by the metrics at each scrape (`Metrics.watch_mailbox`)."""
-
-    read: int = 0  # mails the sink handled
-    errors: int = 0  # sessions ended by a failure (network, TLS, login, server, sink)
-    connected: bool = False
-    last_check: float | None = None  # time.monotonic() of the last complete look
-    started: float = field(default_factory=time.monotonic)
-
-
-class MailboxReader:
-    """Reads `config.folder` and hands each new mail to `sink` (see the module docstring)."""
-
-    def __init__(
-        self,
-        config: InboundMailConfig,
-        sink: MailSink,
-        *,
-        stats: MailboxStats | None = None,
-        position: PositionOf = positions.position,
-        idle_renew: float = IDLE_RENEW_SECONDS,
-        timeout: float = 30.0,
-        backoff: tuple[float, float] = (1.0, 300.0),
-    ) -> None:
-        if not config.host:
-            raise ValueError("[mail.inbound] host is not set: there is no mailbox to read")
-        self._config = config
-        self._sink = sink
-        self.stats = stats or MailboxStats()
-        self._position = position
-        self._idle_renew = idle_renew
-        self._timeout = timeout
-        self._backoff = backoff
-        self._delay = backoff[0]
-        self._context: ssl.SSLContext | None = None
-        for key, message in config_warnings(config):
-            log.warning("config: %s: %s", key, message)
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Read until `stop` is set; failures are logged and retried, never raised."""
-        config = self._config
-        while not stop.is_set():
-            try:
-                await self._session(stop)
-            except Exception as error:
-                self.stats.errors += 1
-                log.warning(
-                    "mailbox: %s on %s:%d: %s; trying again in %.1f s",
-                    config.folder,
-                    config.host,
-                    config.port,
-                    _describe(error),
-                    self._delay,
-                )
-                log.debug("mailbox: failure", exc_info=True)
-                await _until(stop, self._delay)
-                self._delay = min(self._delay * 2, self._backoff[1])
-            finally:
-                self.stats.connected = False
-
-    async def _session(self, stop: asyncio.Event) -> None:
-        """One connection, until `stop` (returns) or a failure (raises)."""
-        config = self._config
-        if self._context is None and tls_mode(config) != "none":
-            # Reading the CA files blocks: once, in a thread.
-            self._context = await asyncio.to_thread(
-                ssl.create_default_context, cafile=config.ca_file
-            )
-        connection = _Connection(config, self._context, self._timeout)
-        try:
-            await connection.open()
-            if config.after == "move":
-                await connection.create(config.move_to)
-            folder = await connection.select(config.folder)
-            self.stats.connected = True
-            log.info(
-                "mailbox: reading %s on %s:%d (%s, %s)",
-                config.folder,
-                config.host,
-                config.port,
-                "TLS" if connection.encrypted else "clear text",
-                "IDLE" if connection.has("IDLE") else f"a look every {config.poll_interval} s",
-            )
-            done = 0  # the last UID handled on this connection, in this UIDVALIDITY
-            while not stop.is_set():
-                done = await self._look(connection, folder, done, stop)
-                self.stats.last_check = time.monotonic()
-                self._delay = self._backoff[0]
-                await connection.wait_for_mail(stop, min(self._idle_renew, config.poll_interval))
-                if stop.is_set():
-                    break
-                # A folder renumbered meanwhile (deleted and created again, restored) shows in
-                # a new SELECT only: a server need not tell a client that has it open.
-                again = await connection.select(config.folder)
-                if again.uidvalidity != folder.uidvalidity:
-                    log.info(
-                        "mailbox: %s has a new UIDVALIDITY: read again from its first mail",
-                        config.folder,
-                    )
-                    done = 0
-                folder = again
-        finally:
-            await connection.close()
-
-    async def _look(
-        self, connection: _Connection, folder: _Folder, done: int, stop: asyncio.Event
-    ) -> int:
-        """Hand every new mail to the sink in UID order, until one is not handled now: the
-        last UID handled. Searches again until nothing is new, so that mails arriving during
-        a batch do not wait for the next look."""
-        config = self._config
-        seen = done  # the last UID looked at in this look
-        while not stop.is_set():
-            position = await self._position(config.folder)
-            last = (
-                position.last_uid if position and position.uidvalidity == folder.uidvalidity else 0
-            )
-            last = max(last, seen)
-            uids = sorted(uid for uid in await connection.search(last + 1, folder) if uid > last)
-            if not uids:
-                break
-            for uid in uids:
-                if stop.is_set():
-                    break
-                seen = uid
-                mail = await connection.fetch(
-                    config.folder, folder.uidvalidity, uid, config.max_size
-                )
-                if mail is None:  # expunged by someone else meanwhile
-                    continue
-                try:
-                    handled = await self._sink(mail)
-                except Exception as error:
-                    raise ImapError(
-                        f"handling mail {uid} failed ({type(error).__name__})"
-                    ) from error
-                if not handled:
-                    log.info(
-                        "mailbox: mail %d of %s not handled now: offered again later",
-                        uid,
-                        config.folder,
-                    )
-                    return done
-                self.stats.read += 1
-                done = uid
-                log.debug("mailbox: mail %d of %s handled", uid, config.folder)
-                await connection.mark(uid, folder, config.after, config.move_to)
-        return done
-
-
 @dataclass(frozen=True, slots=True)
-class _Folder:
+class Folder:
+    """The selected folder as the server numbers it."""
+
     uidvalidity: int
     keywords: bool  # the server keeps keywords of our own (PERMANENTFLAGS holds \*)
 
 
-class _Connection:
+class ImapConnection:
     """One IMAP connection (an aioimaplib client), every command bounded in time and given up
     as soon as the connection is lost."""
 
@@ -341,7 +173,7 @@ class _Connection:
         if response.result == "OK":
             log.info("mailbox: created the folder %s", name)
 
-    async def select(self, name: str) -> _Folder:
+    async def select(self, name: str) -> Folder:
         assert self._client is not None
         response = _ok(await self._call(self._client.select(aioimaplib.quoted(name))), "SELECT")
         text = b"\n".join(line for line in response.lines if isinstance(line, bytes))
@@ -349,9 +181,9 @@ class _Connection:
         if validity is None:
             raise ImapError("SELECT gave no UIDVALIDITY")
         flags = re.search(rb"\[PERMANENTFLAGS \(([^)]*)\)\]", text)
-        return _Folder(int(validity[1]), flags is not None and b"\\*" in flags[1].split())
+        return Folder(int(validity[1]), flags is not None and b"\\*" in flags[1].split())
 
-    async def search(self, first_uid: int, folder: _Folder) -> list[int]:
+    async def search(self, first_uid: int, folder: Folder) -> list[int]:
         """UIDs from `first_uid` on, neither deleted nor marked handled."""
         assert self._client is not None
         criteria = ["UID", f"{first_uid}:*", "UNDELETED"]
@@ -401,7 +233,7 @@ class _Connection:
             too_big=too_big,
         )
 
-    async def mark(self, uid: int, folder: _Folder, after: str, move_to: str) -> None:
+    async def mark(self, uid: int, folder: Folder, after: str, move_to: str) -> None:
         assert self._client is not None
         flags = f"(\\Seen {KEYWORD})" if folder.keywords else "(\\Seen)"
         _ok(
@@ -420,7 +252,7 @@ class _Connection:
     async def wait_for_mail(self, stop: asyncio.Event, seconds: float) -> None:
         """Until `stop`, `seconds`, or (with IDLE) a new mail."""
         if not self.has("IDLE"):
-            await _until(stop, seconds, self.lost)
+            await until(stop, seconds, self.lost)
         else:
             await self._idle(stop, seconds)
         if self.lost.is_set() and not stop.is_set():
@@ -495,7 +327,7 @@ async def _race(
     return None
 
 
-async def _until(stop: asyncio.Event, seconds: float, *others: asyncio.Event) -> None:
+async def until(stop: asyncio.Event, seconds: float, *others: asyncio.Event) -> None:
     """Sleep `seconds`, or less when `stop` (or one of `others`) is set."""
     await _race(stop.wait(), *others, within=seconds)
 
@@ -557,15 +389,3 @@ def _internal_date(text: bytes) -> datetime | None:
         int(second),
         tzinfo=timezone(offset),
     )
-
-
-def _describe(error: BaseException) -> str:
-    """A failure as an operator can act on it, without what a library may quote (a command
-    line holds the login; a server's text may quote a mail)."""
-    if isinstance(error, ImapError):
-        return str(error)
-    if isinstance(error, ssl.SSLCertVerificationError):
-        return f"{type(error).__name__}: {error.verify_message}"
-    if isinstance(error, OSError) and error.strerror:
-        return f"{type(error).__name__}: {error.strerror}"
-    return type(error).__name__

@@ -1,6 +1,6 @@
 """A mail as read from the support mailbox, and the sink that handles it. Pure values.
 
-`bot.mailbox.imap` reads; whatever a mail becomes (a request, a note on a ticket, nothing)
+`bot.mailbox.reader` reads; whatever a mail becomes (a request, a note on a ticket, nothing)
 is the sink's business. The sink is the one place that decides that a mail was handled, and
 it decides it in the database: it calls `bot.storage.mailbox.advance(mail.folder,
 mail.uidvalidity, mail.uid, now=…)` inside the transaction that records what the mail

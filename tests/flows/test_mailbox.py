@@ -16,8 +16,9 @@ import pytest
 from tortoise.transactions import in_transaction
 
 from bot.config import InboundMailConfig
-from bot.mailbox.imap import KEYWORD, MailboxReader
+from bot.mailbox.imap import KEYWORD
 from bot.mailbox.raw import MailSink, RawMail
+from bot.mailbox.reader import MailboxReader
 from bot.storage import mailbox as positions
 from tests.conftest import ImapServerFactory
 from tests.imap import PASSWORD, USER, ImapServer

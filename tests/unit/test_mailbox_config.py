@@ -13,8 +13,9 @@ from prometheus_client import generate_latest
 
 from bot.cli_config import check_config_command
 from bot.config import ConfigError, InboundMailConfig, parse_config
-from bot.mailbox.imap import MailboxStats, _fetched, _internal_date, config_warnings, tls_mode
+from bot.mailbox.imap import _fetched, _internal_date, config_warnings, tls_mode
 from bot.mailbox.raw import RawMail
+from bot.mailbox.reader import MailboxStats
 from bot.metrics import Metrics
 from tests.unit.test_config import MINIMAL_TOML
 
