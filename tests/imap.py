@@ -94,7 +94,10 @@ class ImapServer:
         binary = binary or dovecot_binary()
         if binary is None:
             raise RuntimeError(NO_DOVECOT)
-        directory = Path(tempfile.mkdtemp(prefix="sb-imap-"))
+        # /tmp rather than $TMPDIR: short socket paths, and `nobody` can reach it.
+        directory = Path(
+            tempfile.mkdtemp(prefix="sb-imap-", dir="/tmp" if os.path.isdir("/tmp") else None)
+        )
         server = cls(
             binary=binary,
             directory=directory,
