@@ -16,6 +16,7 @@ from bot.config import (
     summarize,
 )
 from bot.mail import config_warnings, tls_mode
+from bot.mailbox import imap
 
 
 def check_config_command(path: str, env: Mapping[str, str] | None = None) -> int:
@@ -53,7 +54,10 @@ def check_config_command(path: str, env: Mapping[str, str] | None = None) -> int
         if origin not in ("file", "default"):
             origin = f"environment: {origin}"
         print(f"  {line:<{min(width, 60)}}  ({origin})")
-    for key, message in config_warnings(config.mail):
+    for key, message in [
+        *config_warnings(config.mail),
+        *imap.config_warnings(config.mail.inbound),
+    ]:
         print(f"warning: {key}: {message}", file=sys.stderr)
     return 0
 
@@ -61,13 +65,20 @@ def check_config_command(path: str, env: Mapping[str, str] | None = None) -> int
 def _file_problems(config: Config) -> list[tuple[str, str]]:
     """Files the config names that the bot could not use."""
     problems: list[tuple[str, str]] = []
-    ca_file = config.mail.ca_file
-    if ca_file is not None and tls_mode(config.mail) != "none":
+    inbound = config.mail.inbound
+    for key, ca_file, used in (
+        ("mail.ca_file", config.mail.ca_file, tls_mode(config.mail) != "none"),
+        (
+            "mail.inbound.ca_file",
+            inbound.ca_file,
+            bool(inbound.host) and imap.tls_mode(inbound) != "none",
+        ),
+    ):
+        if ca_file is None or not used:
+            continue
         try:
             ssl.create_default_context(cafile=ca_file)
         except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
             reason = getattr(error, "strerror", None) or type(error).__name__
-            problems.append(
-                ("mail.ca_file", f"cannot be read as PEM CA certificates ({ca_file}): {reason}")
-            )
+            problems.append((key, f"cannot be read as PEM CA certificates ({ca_file}): {reason}"))
     return problems
