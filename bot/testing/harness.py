@@ -190,6 +190,19 @@ class RecordingTransport:
         return len(self.joined_members(room_id)) <= 2
 
 
+@dataclass(frozen=True, slots=True)
+class RawMail:
+    """A mail as the mailbox reader hands it to the sink (`bot.mailin.MailSink`)."""
+
+    folder: str
+    uidvalidity: int
+    uid: int
+    raw: bytes
+    size: int
+    internal_date: datetime | None
+    too_big: bool = False
+
+
 class Crash(BaseException):
     """The process dies at this point: nothing after it runs and nothing is committed (a
     BaseException, so no error boundary apologises for it)."""
@@ -202,6 +215,7 @@ class BotHarness:
         self.clock = clock or FakeClock()
         self.transport = RecordingTransport(config.matrix.user_id)
         self._ids = itertools.count(1)
+        self._uids = itertools.count(1)
         self.catalogs = Catalogs.load(default=config.service.default_locale)
         self._build()
 
@@ -327,6 +341,21 @@ class BotHarness:
             ts=self.clock(),
         )
         return await self.deliver(event)
+
+    def raw_mail(self, raw: bytes, *, uid: int | None = None, too_big: bool = False) -> RawMail:
+        return RawMail("INBOX", 1, uid or next(self._uids), raw, len(raw), self.clock(), too_big)
+
+    async def receive_mail(self, mail: RawMail | bytes) -> bool:
+        """A mail of the support mailbox through the e-mail channel's sink, as the IMAP
+        reader hands it over; the outbox is then delivered (mails and messages)."""
+        from bot.mailin import MailSink
+
+        if isinstance(mail, bytes):
+            mail = self.raw_mail(mail)
+        sink = MailSink(self.dispatcher, own_address=self.config.mail.from_, clock=self.clock)
+        handled = await sink(mail)
+        await self.deliverer.deliver_pending()
+        return handled
 
     async def sweep(self) -> list[Sent]:
         before = len(self.transport.sent)
