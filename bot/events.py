@@ -131,9 +131,10 @@ class IncomingMail:
     display_name: str = field(default="", repr=False)
     subject: str = field(default="", repr=False)
     text: str = field(default="", repr=False)
-    message_id: str | None = None
-    in_reply_to: tuple[str, ...] = ()
-    references: tuple[str, ...] = ()
+    # Message-IDs name the sender's domain: kept out of the `repr` too.
+    message_id: str | None = field(default=None, repr=False)
+    in_reply_to: tuple[str, ...] = field(default=(), repr=False)
+    references: tuple[str, ...] = field(default=(), repr=False)
     refs: tuple[str, ...] = ()  # request references ("SP-2026-0042") named in the subject
     language: str | None = None  # "fr" or "en" when the text says so clearly
     auto: str | None = None  # why it is automatic (RFC 3834), or None for a person's mail

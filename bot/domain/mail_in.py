@@ -335,14 +335,26 @@ class _TextReader(HTMLParser):
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.parts: list[str] = []
+        # Open lists: the next item's number in an <ol> (mail programs turn typed "1. 8"
+        # lines into one), None in a <ul>.
+        self.lists: list[int | None] = []
 
     def handle_starttag(self, tag: str, attrs: Any) -> None:
         if tag in _BREAKS:
             self.parts.append("\n")
-        if tag == "li":
-            self.parts.append("- ")
+        if tag in ("ol", "ul"):
+            self.lists.append(1 if tag == "ol" else None)
+        elif tag == "li":
+            number = self.lists[-1] if self.lists else None
+            if number is None:
+                self.parts.append("- ")
+            else:
+                self.parts.append(f"{number}. ")
+                self.lists[-1] = number + 1
 
     def handle_endtag(self, tag: str) -> None:
+        if tag in ("ol", "ul") and self.lists:
+            self.lists.pop()
         if tag in _BREAKS:
             self.parts.append("\n")
         elif tag in ("td", "th"):

@@ -165,7 +165,9 @@ async def test_a_mail_becomes_a_request_after_numbered_questions_by_mail(bot):
     # The deadline counts from the arrival of the mail that completed the request.
     assert ticket.created_at == answered_at != arrival
     assert ticket.sla_due == bot.services.calendar.deadline(answered_at, 2)
-    assert "Cordialement" not in ticket.description and "Quelle catégorie" not in ticket.description
+    assert (
+        "Cordialement" not in ticket.description and "Quelle catégorie" not in ticket.description
+    )
     receipt = mails_to(bot, JEAN)[-1]
     assert receipt["Subject"] == f"[{ticket.ref}] Problème de quota"
     assert receipt["In-Reply-To"] == reply_id
@@ -277,7 +279,9 @@ async def test_a_bounce_is_shown_to_staff_on_the_request(bot):
     count = len(bot.inbox.messages)  # type: ignore[attr-defined]
     assert await bot.receive_mail(dsn)
     assert len(bot.inbox.messages) == count  # type: ignore[attr-defined]
-    assert any("n'a pas pu être remis" in s.body and "5.1.1" in s.body for s in staff_thread(bot, ticket))
+    assert any(
+        "n'a pas pu être remis" in s.body and "5.1.1" in s.body for s in staff_thread(bot, ticket)
+    )
     assert await AuditEntry.filter(ticket_id=ticket.id, action="mail_bounced").exists()
 
 
@@ -329,7 +333,9 @@ async def test_a_crash_before_the_commit_replays_the_mail_once(bot):
 async def test_staff_in_the_thread_of_a_mail_request_mails_the_client(bot):
     ticket, _ = await open_by_mail(bot)
     count = len(mails_to(bot, JEAN))
-    await bot.say(STAFF_ROOM, STAFF, "Pouvez-vous préciser la version ?", thread_root=ticket.card_event_id)
+    await bot.say(
+        STAFF_ROOM, STAFF, "Pouvez-vous préciser la version ?", thread_root=ticket.card_event_id
+    )
     assert len(mails_to(bot, JEAN)) == count + 1
     assert text_of(mails_to(bot, JEAN)[-1]).startswith("Pouvez-vous préciser la version ?")
     await bot.say(STAFF_ROOM, STAFF, "Une remarque hors fil.")
