@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from bot.config import MailConfig
 from bot.events import EMAIL_ROOM
 from bot.mail import Mailer
 from bot.storage import personal_data
@@ -25,7 +24,7 @@ from bot.storage.models import (
     Ticket,
     TicketNote,
 )
-from bot.testing.harness import STAFF, STAFF_ROOM, BotHarness, Sent
+from bot.testing.harness import STAFF, STAFF_ROOM, BotHarness, Crash, Sent
 from bot.testing.harness import test_config as base_config
 from handlers.mail import THREAD_SENT
 
@@ -321,7 +320,7 @@ async def test_the_same_mail_again_is_handled_once(bot):
 async def test_a_crash_before_the_commit_replays_the_mail_once(bot):
     raw, _ = mail("Bonjour, mon questionnaire ne s'affiche plus du tout.")
     first = bot.raw_mail(raw, uid=3)
-    with bot.crash_at_commit(), pytest.raises(BaseException):
+    with bot.crash_at_commit(), pytest.raises(Crash):
         await bot.receive_mail(first)
     assert not bot.inbox.messages  # type: ignore[attr-defined]
     await restart(bot)

@@ -285,7 +285,10 @@ def test_wrong_answers_are_explained_and_only_they_asked_again():
 def test_a_short_mail_asks_for_a_description_and_prose_is_kept():
     turn = start_by_mail(now=NOW, subject="Aide", text="", address="jean@example.org")
     assert turn.asked[0] is IntakeStep.DESCRIPTION
-    text = "1. Les invitations ne partent plus depuis la mise à jour.\n2. 5\n3. https://s.example.org\n4. 1"
+    text = (
+        "1. Les invitations ne partent plus depuis la mise à jour.\n"
+        "2. 5\n3. https://s.example.org\n4. 1"
+    )
     done = answer_by_mail(turn.intake, turn.asked, text, now=NOW)
     assert done.effects and "invitations ne partent plus" in done.effects[0].description
 
