@@ -21,6 +21,9 @@ from bot.dispatch import Dispatcher
 from bot.events import Incoming
 from bot.i18n import Catalogs
 from bot.mail import Mailer
+from bot.mailbox.imap import MailboxReader
+from bot.mailbox.raw import MailSink
+from bot.mailin import ChannelSink
 from bot.matrix.client import MatrixShell
 from bot.outbox import Deliverer
 from bot.process import private_umask
@@ -33,6 +36,18 @@ from bot.web.app import build_metrics_app, build_web_app, start_web
 from handlers.consent import on_client_confirmed
 
 log = logging.getLogger(__name__)
+
+#: Builds the handler of the support mailbox's mails from the services (`run_bot`'s
+#: `mail_sink`); see `bot.mailbox.raw.MailSink` for what a sink promises.
+MailSinkFactory = Callable[[Services], MailSink]
+
+
+def mail_channel(services: Services) -> MailSink:
+    """The e-mail channel: each mail of the support mailbox through the dispatcher, like a
+    Matrix event (`bot.mailin.ChannelSink`, then `handlers.mail`)."""
+    dispatcher = services.jobs
+    assert isinstance(dispatcher, Dispatcher)  # set just after the dispatcher is built
+    return ChannelSink(dispatcher, own_address=services.config.mail.from_, clock=services.clock)
 
 
 async def _unless_stopped(step: Awaitable[None], stop: asyncio.Event) -> bool:
@@ -57,8 +72,10 @@ async def run_bot(
     stop: asyncio.Event | None = None,
     ready: Callable[[], None] | None = None,
     clock: Callable[[], datetime] = utc_now,
+    mail_sink: MailSinkFactory = mail_channel,
 ) -> None:
-    """Run the bot until `stop` is set: database, Matrix, outbox, sweepers and web server."""
+    """Run the bot until `stop` is set: database, Matrix, outbox, sweepers, web server and,
+    with `[mail.inbound]`, the support mailbox, whose mails go to `mail_sink(services)`."""
     stop = stop or asyncio.Event()
     # First, so that the version is in the log even when start-up fails (a migration, a
     # catalog, the homeserver): that is when an operator needs to know which code ran.
@@ -165,6 +182,10 @@ async def run_bot(
         tasks.append(asyncio.create_task(sweep_forever(services, handlers.sweepers(), stop)))
         # A flooder's deferred messages, handled at the allowed pace beside the sync loop.
         tasks.append(asyncio.create_task(dispatcher.run_deferred_forever(stop)))
+        if config.mail.inbound.host:
+            reader = MailboxReader(config.mail.inbound, mail_sink(services))
+            metrics.watch_mailbox(reader.stats)
+            tasks.append(asyncio.create_task(reader.run(stop), name="mailbox"))
         sync_task = asyncio.create_task(shell.run(), name="matrix-sync")
         tasks.append(sync_task)
         log.info("support-bot ready as %s", config.matrix.user_id)

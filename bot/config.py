@@ -40,12 +40,22 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LogFormat = Literal["text", "json"]
 # `[mail] tls` (a plain string field: the parser reads `Literal` only without `| None`).
 MAIL_TLS = ("starttls", "implicit", "none")
+# What `[mail.inbound]` does to a mail once it is handled (it never deletes one).
+InboundAfter = Literal["flag", "move"]
 
 # `field(metadata=SECRET)` marks a value that check-config shows as "set", never as written.
 SECRET: Mapping[str, bool] = types.MappingProxyType({"secret": True})
 # Loggers that speak about traffic (requests, access lines, ORM start/stop), not about the bot:
 # by default only their warnings are shown (`[logging.levels]`).
-QUIET_LOGGERS = ("nio", "aiohttp.access", "aiohttp.client", "aiohttp.server", "tortoise")
+QUIET_LOGGERS = (
+    "nio",
+    "aiohttp.access",
+    "aiohttp.client",
+    "aiohttp.server",
+    "tortoise",
+    # Its DEBUG lines are the IMAP traffic itself: whole mails.
+    "aioimaplib",
+)
 DEFAULT_LOG_LEVELS: tuple[tuple[str, LogLevel], ...] = tuple(
     (name, "WARNING") for name in QUIET_LOGGERS
 )
@@ -131,6 +141,29 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class InboundMailConfig:
+    """`[mail.inbound]`: the support mailbox, read over IMAP (`bot.mailbox`)."""
+
+    # The IMAP server. None (the default): the mailbox is not read.
+    host: str | None = None
+    port: int = 993
+    # As `[mail] tls` (`bot.mailbox.imap.tls_mode`): None is TLS from the start on port 993,
+    # else STARTTLS when offered, required off this machine.
+    tls: str | None = None  # one of MAIL_TLS
+    ca_file: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, metadata=SECRET)
+    folder: str = "INBOX"
+    # A handled mail is flagged (\Seen and the keyword $SupportBot) or moved to `move_to`.
+    after: InboundAfter = "flag"
+    move_to: str = "Processed"
+    # Seconds between two looks at the folder when the server cannot push (no IDLE).
+    poll_interval: int = 60
+    # Larger mails are handed over with their headers only (`RawMail.too_big`).
+    max_size: int = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class MailConfig:
     host: str = "localhost"
     port: int = 25
@@ -151,6 +184,7 @@ class MailConfig:
     # mails from one address handled per hour at most.
     attachment_max_kib: int = 5120
     sender_mails_per_hour: int = 20
+    inbound: InboundMailConfig = field(default_factory=InboundMailConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,6 +413,9 @@ def summarize(config: Config) -> str:
     ]
     if config.bridges:
         parts.append(_count(len(config.bridges), "bridge"))
+    inbound = config.mail.inbound
+    if inbound.host:
+        parts.append(f"mailbox {inbound.folder} on {inbound.host}")
     return " · ".join(parts)
 
 
@@ -859,6 +896,17 @@ def _mail_tls(value: str) -> str | None:
     return None if value in MAIL_TLS else "must be one of " + ", ".join(f'"{c}"' for c in MAIL_TLS)
 
 
+def _imap_folder(value: str) -> str | None:
+    # Non-ASCII names travel in IMAP's modified UTF-7, which the bot does not encode: the
+    # operator writes the name as the server lists it ("Trait&AOk-s" for "Traités").
+    if not value or not all(" " <= c <= "~" for c in value):
+        return (
+            "must be a folder name in printable ASCII, as the server lists it (a name with"
+            ' accents in its modified UTF-7 form, e.g. "Trait&AOk-s" for "Traités")'
+        )
+    return None
+
+
 def _nick_format(value: str) -> str | None:
     return None if "{NICK}" in value else 'must contain "{NICK}", e.g. "[{PROTOCOL}] <{NICK}> "'
 
@@ -908,6 +956,14 @@ _CHECKS: Mapping[tuple[type, str], Callable[[Any], str | None]] = {
     (MailConfig, "ca_file"): _non_empty,
     (MailConfig, "attachment_max_kib"): _at_least(0),
     (MailConfig, "sender_mails_per_hour"): _at_least(1),
+    (InboundMailConfig, "host"): _non_empty,
+    (InboundMailConfig, "port"): _between(1, 65535),
+    (InboundMailConfig, "tls"): _mail_tls,
+    (InboundMailConfig, "ca_file"): _non_empty,
+    (InboundMailConfig, "folder"): _imap_folder,
+    (InboundMailConfig, "move_to"): _imap_folder,
+    (InboundMailConfig, "poll_interval"): _at_least(1),
+    (InboundMailConfig, "max_size"): _at_least(1024),
     (JitsiConfig, "base_url"): _http_url,
     (JitsiConfig, "token_minutes"): _at_least(1),
     (BigBlueButtonConfig, "url"): _http_url,
@@ -955,6 +1011,7 @@ def _check_across(values: dict[str, Any], report: _Report) -> None:
             "mail.password",
             f"required when mail.username is set (or the variable {env_name('mail.password')})",
         )
+    _check_inbound(mail["inbound"], report)
 
     def setting(name: str) -> Any:  # None when the key was already reported
         if report.covers(f"service.{name}"):
@@ -1009,6 +1066,33 @@ def _check_across(values: dict[str, Any], report: _Report) -> None:
                 f"availability[{index}].start",
                 f"must be before availability[{index}].end ({window['end']:%H:%M})",
             )
+
+
+def _check_inbound(inbound: dict[str, Any], report: _Report) -> None:
+    """`[mail.inbound]`: a server to read needs a login, and what is handled must leave."""
+    if inbound.get("host"):
+        for key in ("username", "password"):
+            if not inbound.get(key) and not report.covers(f"mail.inbound.{key}"):
+                report.add(
+                    f"mail.inbound.{key}",
+                    "required when mail.inbound.host is set (or the variable"
+                    f" {env_name(f'mail.inbound.{key}')})",
+                )
+    folder = inbound.get("folder", _default(InboundMailConfig, "folder"))
+    move_to = inbound.get("move_to", _default(InboundMailConfig, "move_to"))
+    if (
+        inbound.get("after") == "move"
+        and move_to == folder
+        and not report.covers("mail.inbound.folder")
+    ):
+        report.add("mail.inbound.move_to", f'must not be mail.inbound.folder ("{folder}")')
+    port = inbound.get("port", _default(InboundMailConfig, "port"))
+    if port == 993 and inbound.get("tls") in ("starttls", "none"):
+        report.add(
+            "mail.inbound.port",
+            f'993 is IMAP over TLS from the first byte: with tls = "{inbound["tls"]}" use the'
+            " port of plain IMAP (143), or leave tls out",
+        )
 
 
 def _check_listeners(values: dict[str, Any], report: _Report) -> None:

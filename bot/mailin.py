@@ -8,10 +8,10 @@ router (`handlers.mail`). The dispatcher advances the mailbox position
 (`bot.storage.mailbox.advance`) in that same transaction, so that a crash between the fetch
 and the commit replays the mail, handled once.
 
-The sink returns True when the mail is dealt with (handled now, or before: the reader may
-flag or move it), False when it could not be handled for now (the database is away: the
-reader keeps it and tries again, before any later mail). A mail that fails inside a handler
-is dealt with too (the error boundary apologised and counted it): it is never retried for
+The sink (as `bot.mailbox.raw.MailSink` promises) returns True when the mail is dealt with
+(handled now, or before: the reader may flag or move it), False when it could not be
+handled for now (the database is away: the reader keeps it and tries again, before any later
+mail). A mail that fails inside a handler is dealt with too (the error boundary apologised and counted it): it is never retried for
 ever.
 """
 
@@ -22,37 +22,19 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 from email.utils import parseaddr
-from typing import Protocol
 
 from bot.dispatch import Dispatcher, is_database_outage
 from bot.domain.mail_in import mail_event_id, parse_mail
 from bot.events import EMAIL_ROOM, MAILTO, IncomingMail
+from bot.mailbox.raw import RawMail
 from bot.storage import mailbox
 
 log = logging.getLogger(__name__)
 
 
-class RawMailLike(Protocol):
-    """What the reader gives for one mail (`RawMail` of the IMAP reader)."""
-
-    @property
-    def folder(self) -> str: ...
-    @property
-    def uidvalidity(self) -> int: ...
-    @property
-    def uid(self) -> int: ...
-    @property
-    def raw(self) -> bytes: ...
-    @property
-    def size(self) -> int: ...
-    @property
-    def internal_date(self) -> datetime | None: ...
-    @property
-    def too_big(self) -> bool: ...
-
-
-class MailSink:
-    """`await sink(mail)` for each mail of the support mailbox, in UID order."""
+class ChannelSink:
+    """`await sink(mail)` for each mail of the support mailbox, in UID order (a
+    `bot.mailbox.raw.MailSink`)."""
 
     def __init__(
         self, dispatcher: Dispatcher, *, own_address: str, clock: Callable[[], datetime]
@@ -61,7 +43,7 @@ class MailSink:
         self.own_address = parseaddr(own_address)[1].lower() or own_address.lower()
         self.clock = clock
 
-    async def __call__(self, mail: RawMailLike) -> bool:
+    async def __call__(self, mail: RawMail) -> bool:
         try:
             position = await mailbox.position(mail.folder)
             if (
@@ -79,7 +61,7 @@ class MailSink:
             raise
         return True
 
-    async def _read(self, mail: RawMailLike) -> IncomingMail:
+    async def _read(self, mail: RawMail) -> IncomingMail:
         now = self.clock()
         try:
             return await asyncio.to_thread(

@@ -6,7 +6,8 @@ Three sources, so that a figure is never kept twice:
   sent or failed, the answer latency (`Metrics`' methods, called by the dispatcher and the
   outbox), and the web side's own counters (`bot.web.app`);
 * the Matrix shell's in-memory counters, read at scrape (`watch_sync`): syncs, sync failures,
-  seconds since the last successful sync;
+  seconds since the last successful sync; and the mailbox reader's (`watch_mailbox`): mails
+  read, failures, connected, seconds since the last look at the folder;
 * the database, read at scrape (`refresh`, awaited by the metrics listener before it
   encodes): outbox rows pending and failed, undecryptable events waiting for their keys, the
   staff queue and the tickets at risk of missing their deadline. The database is the truth
@@ -45,7 +46,7 @@ from bot.rules import BusinessCalendar
 from bot.storage.models import OutboxItem, Ticket, UndecryptedEvent
 from bot.version import version
 
-__all__ = ["ANSWER_BUCKETS", "Metrics", "SyncStats"]
+__all__ = ["ANSWER_BUCKETS", "MailboxCounters", "Metrics", "SyncStats"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,25 @@ class SyncStats(Protocol):
 
     @property
     def last_sync(self) -> float | None: ...
+
+    @property
+    def started(self) -> float: ...
+
+
+class MailboxCounters(Protocol):
+    """What the metrics read of the mailbox reader (`bot.mailbox.imap.MailboxStats`)."""
+
+    @property
+    def read(self) -> int: ...
+
+    @property
+    def errors(self) -> int: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def last_check(self) -> float | None: ...
 
     @property
     def started(self) -> float: ...
@@ -168,6 +188,10 @@ class Metrics:
         """Export the Matrix shell's counters, read at each scrape."""
         self.registry.register(_SyncCollector(stats))
 
+    def watch_mailbox(self, stats: MailboxCounters) -> None:
+        """Export the mailbox reader's counters, read at each scrape."""
+        self.registry.register(_MailboxCollector(stats))
+
     async def refresh(self, now: datetime, calendar: BusinessCalendar, warn_hours: float) -> None:
         """Read the database figures for the scrape about to be encoded. When the database
         does not answer, they are left out (not stale) and `database_ok` says 0."""
@@ -233,6 +257,48 @@ class _SyncCollector(Collector):
             CounterMetricFamily("support_bot_sync_failures", ""),
             CounterMetricFamily("support_bot_batch_failures", ""),
             GaugeMetricFamily("support_bot_seconds_since_last_sync", ""),
+        ]
+
+
+class _MailboxCollector(Collector):
+    def __init__(self, stats: MailboxCounters) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self._stats
+        # Before the first complete look, the age counts from the reader's start, as the
+        # sync's does: a reader that never gets in shows a growing age.
+        since = stats.last_check if stats.last_check is not None else stats.started
+        return [
+            CounterMetricFamily(
+                "support_bot_mailbox_mails_read",
+                "Mails of the support mailbox handled (handed over and committed)",
+                value=stats.read,
+            ),
+            CounterMetricFamily(
+                "support_bot_mailbox_errors",
+                "Mailbox sessions ended by a failure (network, TLS, login, server, handling),"
+                " each retried with backoff",
+                value=stats.errors,
+            ),
+            GaugeMetricFamily(
+                "support_bot_mailbox_connected",
+                "1 while the reader is logged in and has the folder selected, else 0",
+                value=1 if stats.connected else 0,
+            ),
+            GaugeMetricFamily(
+                "support_bot_mailbox_seconds_since_last_check",
+                "Seconds since the reader last looked at the folder (since start before)",
+                value=max(time.monotonic() - since, 0.0),
+            ),
+        ]
+
+    def describe(self) -> Iterable[Metric]:
+        return [
+            CounterMetricFamily("support_bot_mailbox_mails_read", ""),
+            CounterMetricFamily("support_bot_mailbox_errors", ""),
+            GaugeMetricFamily("support_bot_mailbox_connected", ""),
+            GaugeMetricFamily("support_bot_mailbox_seconds_since_last_check", ""),
         ]
 
 

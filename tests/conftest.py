@@ -6,6 +6,9 @@
 - `db_url` (function, parametrized sqlite/postgres): a Tortoise URL to an empty database of
   its own. PostgreSQL tests get a new database per test (CREATE DATABASE from template0 costs
   ~20-30 ms here, DROP ~10 ms), so they never see each other's rows and need no truncation.
+- `db` (function): `db_url`'s database opened (and migrated) for the test.
+- `imap_server` (function): `imap_server(tls=True)` → a real Dovecot on free ports with an
+  empty mailbox (tests/imap.py); skips where Dovecot is not installed.
 
 Databases left behind by a killed run are named `support_bot_test_*`; they are not dropped
 automatically because another run may be using the same server.
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
     from nio import AsyncClient
 
     from bot.testing.synapse import Synapse
+    from tests.imap import ImapServer
     from tests.smtp import Inbox
 
 POSTGRES_ENV = "SUPPORT_BOT_TEST_POSTGRES"
@@ -181,6 +185,23 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         _run(_drop_database(session_dsn, name))
 
 
+@pytest_asyncio.fixture
+async def db(db_url: str) -> AsyncIterator[None]:
+    """`db_url`'s database, opened (migrated) for the test and closed after it."""
+    from tortoise.backends.base.executor import EXECUTOR_CACHE
+
+    from bot.storage.db import close_db, open_db
+
+    # Tortoise caches insert statements per connection name across inits: a test on
+    # PostgreSQL after one on SQLite would reuse SQLite's `?` placeholders.
+    EXECUTOR_CACHE.clear()
+    await open_db(db_url)
+    try:
+        yield
+    finally:
+        await close_db()
+
+
 @pytest.fixture
 def smtp() -> Iterator[tuple[Inbox, int]]:
     """A real SMTP server (aiosmtpd) on a free port: its inbox and the port."""
@@ -188,3 +209,28 @@ def smtp() -> Iterator[tuple[Inbox, int]]:
 
     with smtp_server() as server:
         yield server
+
+
+# -- IMAP ----------------------------------------------------------------------------------------
+
+ImapServerFactory = Callable[..., "ImapServer"]
+
+
+@pytest.fixture
+def imap_server() -> Iterator[ImapServerFactory]:
+    """`imap_server(tls=False, without=())` → a running Dovecot with an empty mailbox of its
+    own (tests/imap.py), stopped and removed at teardown; skips where Dovecot is missing."""
+    from tests.imap import NO_DOVECOT, ImapServer, dovecot_binary
+
+    if dovecot_binary() is None:
+        pytest.skip(NO_DOVECOT)
+    servers: list[ImapServer] = []
+
+    def make(**options: Any) -> ImapServer:
+        server = ImapServer.start(**options)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.close()

@@ -25,6 +25,7 @@ from bot.events import (
     IncomingText,
 )
 from bot.i18n import Catalogs
+from bot.mailbox.raw import RawMail
 from bot.outbox import Deliverer
 from bot.services import Metrics, Services
 from bot.storage.db import close_db, open_db
@@ -190,19 +191,6 @@ class RecordingTransport:
         return len(self.joined_members(room_id)) <= 2
 
 
-@dataclass(frozen=True, slots=True)
-class RawMail:
-    """A mail as the mailbox reader hands it to the sink (`bot.mailin.MailSink`)."""
-
-    folder: str
-    uidvalidity: int
-    uid: int
-    raw: bytes
-    size: int
-    internal_date: datetime | None
-    too_big: bool = False
-
-
 class Crash(BaseException):
     """The process dies at this point: nothing after it runs and nothing is committed (a
     BaseException, so no error boundary apologises for it)."""
@@ -343,16 +331,17 @@ class BotHarness:
         return await self.deliver(event)
 
     def raw_mail(self, raw: bytes, *, uid: int | None = None, too_big: bool = False) -> RawMail:
+        """`raw` as the IMAP reader reads it: folder INBOX, UIDVALIDITY 1, the next UID."""
         return RawMail("INBOX", 1, uid or next(self._uids), raw, len(raw), self.clock(), too_big)
 
     async def receive_mail(self, mail: RawMail | bytes) -> bool:
         """A mail of the support mailbox through the e-mail channel's sink, as the IMAP
         reader hands it over; the outbox is then delivered (mails and messages)."""
-        from bot.mailin import MailSink
+        from bot.mailin import ChannelSink
 
         if isinstance(mail, bytes):
             mail = self.raw_mail(mail)
-        sink = MailSink(self.dispatcher, own_address=self.config.mail.from_, clock=self.clock)
+        sink = ChannelSink(self.dispatcher, own_address=self.config.mail.from_, clock=self.clock)
         handled = await sink(mail)
         await self.deliverer.deliver_pending()
         return handled

@@ -7,19 +7,16 @@ nothing decrypts, so every event is kept; the caps are small so that a few event
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import pytest
-import pytest_asyncio
 from nio import AsyncClient, Event, MegolmEvent
 
 from bot.events import IncomingUnreadable
 from bot.matrix import pending as pending_module
 from bot.matrix.pending import UNDECRYPTED_GIVE_UP, PendingEvents
 from bot.matrix.runtime import ShellStats
-from bot.storage.db import close_db, open_db
 from bot.storage.models import UndecryptedEvent
 from bot.testing.harness import FakeClock
 
@@ -33,15 +30,6 @@ class NoOlm:
 
     olm = None
     outgoing_key_requests: dict[str, Any] = {}  # read only: nothing is requested without Olm
-
-
-@pytest_asyncio.fixture
-async def db(db_url: str) -> AsyncIterator[None]:
-    await open_db(db_url)
-    try:
-        yield
-    finally:
-        await close_db()
 
 
 def make(clock: FakeClock, **caps: int) -> PendingEvents:

@@ -5,18 +5,15 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from tortoise.backends.base.executor import EXECUTOR_CACHE
 from tortoise.transactions import in_transaction
 
 from bot.domain.tickets import Channel, Kind, Status, TicketState, take
 from bot.storage import personal_data, repo
-from bot.storage.db import close_db, open_db
 from bot.storage.models import (
     AuditEntry,
     Booking,
@@ -36,18 +33,6 @@ NOW = datetime(2026, 11, 20, 10, 0, tzinfo=PARIS)
 ALICE = "@alice:example.org"
 BOB = "@bob:example.org"
 STAFF = "@staff:support.example"
-
-
-@pytest.fixture
-async def db(db_url: str) -> AsyncIterator[None]:
-    # Tortoise caches insert statements per connection name across inits: a test on
-    # PostgreSQL after one on SQLite would reuse SQLite's `?` placeholders.
-    EXECUTOR_CACHE.clear()
-    await open_db(db_url)
-    try:
-        yield
-    finally:
-        await close_db()
 
 
 async def client(key: str = ALICE, **fields: Any) -> Client:
