@@ -11,8 +11,8 @@ and the commit replays the mail, handled once.
 The sink (as `bot.mailbox.raw.MailSink` promises) returns True when the mail is dealt with
 (handled now, or before: the reader may flag or move it), False when it could not be
 handled for now (the database is away: the reader keeps it and tries again, before any later
-mail). A mail that fails inside a handler is dealt with too (the error boundary apologised and counted it): it is never retried for
-ever.
+mail). A mail that fails inside a handler is dealt with too (the error boundary apologised
+and counted it): it is never retried for ever.
 """
 
 from __future__ import annotations
