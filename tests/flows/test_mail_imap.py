@@ -133,11 +133,14 @@ async def test_a_mail_in_imap_becomes_a_request_answered_and_threaded_both_ways(
         )
         await eventually(lambda: Ticket.exists(room_id=EMAIL_ROOM), "a ticket")
         await eventually(lambda: len(mails(bot)) == 2, "the receipt")
+        await eventually(
+            lambda: Ticket.exists(room_id=EMAIL_ROOM, card_event_id__not_isnull=True),
+            "the staff card",
+        )
         ticket = await Ticket.get(room_id=EMAIL_ROOM)
         assert (ticket.category, ticket.survey_id) == ("data", "123456")
         receipt = mails(bot)[1]
         assert receipt["Subject"] == f"[{ticket.ref}] Relances bloquées"
-        assert ticket.card_event_id is not None
 
         await bot.say(STAFF_ROOM, STAFF, f"!reply {ticket.ref} Pouvez-vous m'envoyer l'export ?")
         await eventually(lambda: len(mails(bot)) == 3, "the staff answer")
