@@ -21,8 +21,9 @@ from bot.dispatch import Dispatcher
 from bot.events import Incoming
 from bot.i18n import Catalogs
 from bot.mail import Mailer
-from bot.mailbox.raw import MailSink, RawMail
+from bot.mailbox.raw import MailSink
 from bot.mailbox.reader import MailboxReader
+from bot.mailin import ChannelSink
 from bot.matrix.client import MatrixShell
 from bot.outbox import Deliverer
 from bot.process import private_umask
@@ -41,19 +42,12 @@ log = logging.getLogger(__name__)
 MailSinkFactory = Callable[[Services], MailSink]
 
 
-def leave_mails_in_mailbox(services: Services) -> MailSink:
-    """The mail sink until the e-mail channel's handler takes its place: nothing is handled,
-    so nothing is marked or lost; each mail is offered again at the next look."""
-    warned = False
-
-    async def leave(mail: RawMail) -> bool:
-        nonlocal warned
-        if not warned:
-            warned = True
-            log.warning("mailbox: no handler for e-mail yet: mails stay in the mailbox, unread")
-        return False
-
-    return leave
+def mail_channel(services: Services) -> MailSink:
+    """The e-mail channel: each mail of the support mailbox through the dispatcher, like a
+    Matrix event (`bot.mailin.ChannelSink`, then `handlers.mail`)."""
+    dispatcher = services.jobs
+    assert isinstance(dispatcher, Dispatcher)  # set just after the dispatcher is built
+    return ChannelSink(dispatcher, own_address=services.config.mail.from_, clock=services.clock)
 
 
 async def _unless_stopped(step: Awaitable[None], stop: asyncio.Event) -> bool:
@@ -78,7 +72,7 @@ async def run_bot(
     stop: asyncio.Event | None = None,
     ready: Callable[[], None] | None = None,
     clock: Callable[[], datetime] = utc_now,
-    mail_sink: MailSinkFactory = leave_mails_in_mailbox,
+    mail_sink: MailSinkFactory = mail_channel,
 ) -> None:
     """Run the bot until `stop` is set: database, Matrix, outbox, sweepers, web server and,
     with `[mail.inbound]`, the support mailbox, whose mails go to `mail_sink(services)`."""

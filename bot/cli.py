@@ -191,7 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("erase", _client_erase, "delete a client's personal data, keep anonymous billing"),
     ):
         sub = client_commands.add_parser(name, parents=[common], help=help_text)
-        sub.add_argument("matrix_id", metavar="MATRIX_ID", help="e.g. @alice:example.org")
+        sub.add_argument(
+            "matrix_id",
+            metavar="MATRIX_ID",
+            help="e.g. @alice:example.org, or mailto:jean@example.org for a client by e-mail",
+        )
         sub.set_defaults(handler=handler)
     return parser
 

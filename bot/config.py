@@ -186,6 +186,10 @@ class MailConfig:
     username: str | None = None
     password: str | None = field(default=None, metadata=SECRET)
     from_: str = "support@localhost"  # TOML key: `from`
+    # The e-mail channel (`handlers.mail`): attachments kept up to this size (KiB) each, and
+    # mails from one address handled per hour at most.
+    attachment_max_kib: int = 5120
+    sender_mails_per_hour: int = 20
     inbound: InboundMailConfig = field(default_factory=InboundMailConfig)
 
 
@@ -958,6 +962,8 @@ _CHECKS: Mapping[tuple[type, str], Callable[[Any], str | None]] = {
     (MailConfig, "from_"): _email,
     (MailConfig, "tls"): _mail_tls,
     (MailConfig, "ca_file"): _non_empty,
+    (MailConfig, "attachment_max_kib"): _at_least(0),
+    (MailConfig, "sender_mails_per_hour"): _at_least(1),
     (InboundMailConfig, "host"): _non_empty,
     (InboundMailConfig, "port"): _between(1, 65535),
     (InboundMailConfig, "tls"): _mail_tls,

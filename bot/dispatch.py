@@ -38,6 +38,7 @@ from bot import logcontext
 from bot.events import (
     TEXT_MSGTYPES,
     Incoming,
+    IncomingMail,
     IncomingMember,
     IncomingReaction,
     IncomingRedaction,
@@ -59,7 +60,7 @@ from bot.routing import (
     handler_name,
     txn_base,
 )
-from bot.storage import repo
+from bot.storage import mailbox, repo
 from bot.storage.models import DeferredEvent, HandledEvent, Notice, OutboxItem
 from bot.unreadable import unreadable_notice
 
@@ -460,7 +461,7 @@ class Dispatcher:
         log.exception("handler failed (ref %s, event %s in %s)", ref, event_id, ctx.room_id)
         self.services.count_error(ctx.handler or NO_HANDLER)
         ctx.outgoing.clear()
-        if isinstance(ctx.event, IncomingText):
+        if isinstance(ctx.event, IncomingText) or ctx.answer is not None:
             ctx.reply(Msg(APOLOGY, {"ref": ref}))
         try:
             async with in_transaction():
@@ -488,10 +489,15 @@ class Dispatcher:
             base = txn_base("deferred:" + ctx.event.event_id)
         else:
             assert ctx.event is not None
-            await HandledEvent.create(
-                event_id=ctx.event.event_id, room_id=ctx.room_id, handled_at=now
-            )
-            base = txn_base(ctx.event.event_id)
+            event = ctx.event
+            if isinstance(event, IncomingMail) and not await mailbox.advance(
+                event.folder, event.uidvalidity, event.uid, now=now
+            ):
+                # The mailbox position says this mail was handled (its event row may have
+                # been pruned): this transaction does nothing.
+                raise _Replayed
+            await HandledEvent.create(event_id=event.event_id, room_id=ctx.room_id, handled_at=now)
+            base = txn_base(event.event_id)
         rows = [
             OutboxItem(
                 txn_id=f"{base}-{n}",
@@ -541,6 +547,9 @@ class Dispatcher:
                 await _run(ctx, handler)
         elif isinstance(event, IncomingMember):
             for handler in self.router.members:
+                await _run(ctx, handler)
+        elif isinstance(event, IncomingMail):
+            for handler in self.router.mails:
                 await _run(ctx, handler)
         elif isinstance(event, IncomingUnreadable | IncomingWithheld):
             # Its key withheld, or given up after a day: the sender knows, instead of waiting

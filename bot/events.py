@@ -7,7 +7,7 @@ the handlers read only these.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -34,6 +34,9 @@ class IncomingText:
     is_edit: bool = False
     encrypted: bool = False
     replaces: str | None = None
+    # The root of the thread the message was written in (`m.thread`): a staff card, when staff
+    # answer a request by e-mail from its card's thread.
+    thread_root: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +105,78 @@ class IncomingWithheld:
 SESSION_STARTS_LATER = "support-bot.session_starts_later"
 
 
+#: The room id of everything that comes or goes by e-mail: the incoming mails, and the requests
+#: made by e-mail (`Ticket.room_id`). No Matrix room id looks like it (they start with "!").
+EMAIL_ROOM = "email"
+#: The sender key of a mail: this prefix and the address (lower case). A mail's sender is a
+#: client of its own, apart from any Matrix account that gave the same address: a From header
+#: proves nothing, so an address never speaks for a Matrix account.
+MAILTO = "mailto:"
+
+
+@dataclass(frozen=True, slots=True)
+class MailAttachment:
+    """A file attached to a mail (its bytes are kept only when small enough to store)."""
+
+    filename: str
+    content_type: str
+    size: int
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class MailBounce:
+    """A delivery status notification (RFC 3464): one of the bot's mails did not arrive."""
+
+    original_message_id: str | None
+    action: str  # failed | delayed | …
+    status: str  # e.g. "5.1.1"
+    diagnostic: str = field(repr=False)  # the remote server's words, may quote the address
+    recipients: tuple[str, ...] = field(default=(), repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingMail:
+    """A mail read from the support mailbox, parsed (`bot.domain.mail_in`).
+
+    `event_id` is `mail:<folder>:<uidvalidity>:<uid>`, `room_id` is `EMAIL_ROOM` and `sender`
+    `mailto:<address>`, so the dispatcher handles it like any event: one transaction, the
+    handled-event row, the error boundary, a lock per sender. `text` is what the sender
+    wrote in this mail: quoted history and signature removed, HTML turned into text. Nothing
+    personal shows in its `repr`.
+    """
+
+    event_id: str
+    room_id: str
+    sender: str
+    ts: datetime  # when it arrived (INTERNALDATE, else its Date; never in the future)
+    folder: str
+    uidvalidity: int
+    uid: int
+    address: str | None = field(default=None, repr=False)
+    display_name: str = field(default="", repr=False)
+    subject: str = field(default="", repr=False)
+    text: str = field(default="", repr=False)
+    # Message-IDs name the sender's domain: kept out of the `repr` too.
+    message_id: str | None = field(default=None, repr=False)
+    in_reply_to: tuple[str, ...] = field(default=(), repr=False)
+    references: tuple[str, ...] = field(default=(), repr=False)
+    refs: tuple[str, ...] = ()  # request references ("SP-2026-0042") named in the subject
+    language: str | None = None  # "fr" or "en" when the text says so clearly
+    auto: str | None = None  # why it is automatic (RFC 3834), or None for a person's mail
+    bounce: MailBounce | None = None
+    attachments: tuple[MailAttachment, ...] = ()
+    size: int = 0
+    too_big: bool = False
+    html_only: bool = False
+
+    @property
+    def thread_ids(self) -> tuple[str, ...]:
+        """The Message-IDs this mail answers, nearest first."""
+        seen = dict.fromkeys((*self.in_reply_to, *reversed(self.references)))
+        return tuple(seen)
+
+
 Incoming = (
     IncomingText
     | IncomingReaction
@@ -109,6 +184,7 @@ Incoming = (
     | IncomingMember
     | IncomingUnreadable
     | IncomingWithheld
+    | IncomingMail
 )
 
 

@@ -157,6 +157,11 @@ class MailError(Exception):
 class Mail:
     """One e-mail to send: recipient, subject, plain text and an optional HTML alternative.
 
+    Threading (the e-mail channel): `message_id` (else one derived from the outbox row),
+    `in_reply_to` and `references`. `auto_submitted` is the RFC 3834 header: "auto-generated"
+    (a notification), "auto-replied" (an automatic answer to a mail), or None for a mail a
+    person wrote (a staff answer), which then carries no such header.
+
     Only the subject shows in its `repr`: the address is personal data and the body may carry
     a secret link.
     """
@@ -165,10 +170,28 @@ class Mail:
     subject: str
     text: str = field(repr=False)
     html: str | None = field(default=None, repr=False)
+    message_id: str | None = None
+    in_reply_to: str | None = None
+    references: tuple[str, ...] = ()
+    auto_submitted: str | None = "auto-generated"
 
-    def to_content(self) -> dict[str, str | None]:
+    def to_content(self) -> dict[str, object]:
         """The mail as a JSON object (for an outbox row); `from_content` reads it back."""
-        return {"to": self.to, "subject": self.subject, "text": self.text, "html": self.html}
+        content: dict[str, object] = {
+            "to": self.to,
+            "subject": self.subject,
+            "text": self.text,
+            "html": self.html,
+        }
+        if self.message_id is not None:
+            content["message_id"] = self.message_id
+        if self.in_reply_to is not None:
+            content["in_reply_to"] = self.in_reply_to
+        if self.references:
+            content["references"] = list(self.references)
+        if self.auto_submitted != "auto-generated":
+            content["auto_submitted"] = self.auto_submitted
+        return content
 
     @classmethod
     def from_content(cls, content: Mapping[str, object]) -> Mail:
@@ -178,7 +201,23 @@ class Mail:
             raise ValueError("not a stored mail: to, subject and text must be strings")
         if html is not None and not isinstance(html, str):
             raise ValueError("not a stored mail: html must be a string or null")
-        return cls(to=to, subject=subject, text=text, html=html)
+        message_id, in_reply_to = content.get("message_id"), content.get("in_reply_to")
+        references = content.get("references") or []
+        auto = content.get("auto_submitted", "auto-generated")
+        if not all(isinstance(v, str | None) for v in (message_id, in_reply_to, auto)):
+            raise ValueError("not a stored mail: threading headers must be strings")
+        if not isinstance(references, list) or not all(isinstance(r, str) for r in references):
+            raise ValueError("not a stored mail: references must be a list of strings")
+        return cls(
+            to=to,
+            subject=subject,
+            text=text,
+            html=html,
+            message_id=message_id,  # type: ignore[arg-type]
+            in_reply_to=in_reply_to,  # type: ignore[arg-type]
+            references=tuple(references),
+            auto_submitted=auto,  # type: ignore[arg-type]
+        )
 
 
 class Mailer:
@@ -200,13 +239,17 @@ class Mailer:
         html: str | None = None,
         *,
         message_key: str | None = None,
+        threading: Mail | None = None,
     ) -> None:
         """Send one message; raises `MailError` when it cannot be handed to the server.
         `message_key` makes the Message-ID stable: a resend after a crash is the same mail
-        to the recipient's client, which shows it once."""
+        to the recipient's client, which shows it once. `threading`: the mail whose
+        Message-ID, In-Reply-To, References and Auto-Submitted headers to use."""
         config = self._config
         try:
-            message = build_message(config.from_, to, subject, text, html, message_key=message_key)
+            message = build_message(
+                config.from_, to, subject, text, html, message_key=message_key, headers=threading
+            )
         except ValueError as exc:  # a malformed address or a line break in a header
             raise MailError(f"message refused before sending: {type(exc).__name__}") from None
         try:
@@ -269,7 +312,9 @@ class Mailer:
 
     async def send_mail(self, mail: Mail, *, message_key: str | None = None) -> None:
         """Send `mail`; raises `MailError` when it cannot be handed to the server."""
-        await self.send(mail.to, mail.subject, mail.text, mail.html, message_key=message_key)
+        await self.send(
+            mail.to, mail.subject, mail.text, mail.html, message_key=message_key, threading=mail
+        )
 
 
 def build_message(
@@ -280,8 +325,10 @@ def build_message(
     html: str | None = None,
     *,
     message_key: str | None = None,
+    headers: Mail | None = None,
 ) -> EmailMessage:
-    """A MIME message: plain text, plus an HTML alternative when given."""
+    """A MIME message: plain text, plus an HTML alternative when given. `headers`: a `Mail`
+    whose threading headers it carries (see `Mail`)."""
     _, address = parseaddr(to)
     if not address or "@" not in address or any(c.isspace() for c in address):
         raise ValueError("not an e-mail address")
@@ -293,11 +340,21 @@ def build_message(
     message["Subject"] = subject
     message["Date"] = formatdate(usegmt=True)
     domain = parseaddr(sender)[1].rpartition("@")[2] or None
-    if message_key is not None:
+    if headers is not None and headers.message_id:
+        message["Message-ID"] = headers.message_id
+    elif message_key is not None:
         message["Message-ID"] = f"<{message_key}@{domain or 'support-bot'}>"
     else:
         message["Message-ID"] = make_msgid(domain=domain)
-    message["Auto-Submitted"] = "auto-generated"
+    if headers is not None and headers.in_reply_to:
+        message["In-Reply-To"] = headers.in_reply_to
+    if headers is not None and headers.references:
+        message["References"] = " ".join(headers.references)
+    auto = "auto-generated" if headers is None else headers.auto_submitted
+    if auto:
+        message["Auto-Submitted"] = auto
+        # Exchange and Outlook: no out-of-office answer to what the bot sends on its own.
+        message["X-Auto-Response-Suppress"] = "All"
     message.set_content(text)
     if html is not None:
         message.add_alternative(html, subtype="html")

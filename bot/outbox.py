@@ -268,11 +268,13 @@ class Deliverer:
         mailer = self.mailer()
         delay = self.backoff
         sent = False
+        reason = "no mail server configured"
         while mailer is not None:
             try:
                 # Its Message-ID comes from the row: a resend after a crash is the same mail.
                 await mailer.send_mail(mail, message_key=item.txn_id)
             except MailError as error:
+                reason = str(error)  # never an address (`MailError`'s promise)
                 item.attempts += 1
                 await _store(item, "attempts")
                 log.warning(
@@ -286,6 +288,8 @@ class Deliverer:
             sent = True
             break
         follow = item.content.get("if_sent" if sent else "if_failed") or []
+        if not sent and item.content.get("with_reason"):
+            follow = [_with_reason(out, reason) for out in follow]
         now = self.clock()
         rows = [
             OutboxItem(
@@ -327,7 +331,15 @@ class Deliverer:
 
     async def _send(self, item: OutboxItem) -> str:
         content: dict[str, Any] = dict(item.content)
+        if item.kind in ("message", "file") and item.target is not None:
+            # In the thread of the target (a staff card); sent unthreaded if it is unknown.
+            root = await self._resolve(item.target)
+            relation = _thread_relation(root) if root else None
+        else:
+            relation = None
         if item.kind == "message":
+            if relation is not None:
+                content["m.relates_to"] = relation
             return await self.transport.send_event(
                 item.room_id, "m.room.message", content, item.txn_id
             )
@@ -364,17 +376,17 @@ class Deliverer:
         if item.kind == "file":
             data = bytes.fromhex(content["data"])
             uri = await self.transport.upload(data, content["mimetype"], content["filename"])
+            event: dict[str, Any] = {
+                "msgtype": "m.file",
+                "body": content["body"],
+                "filename": content["filename"],
+                "url": uri,
+                "info": {"mimetype": content["mimetype"], "size": len(data)},
+            }
+            if relation is not None:
+                event["m.relates_to"] = relation
             return await self.transport.send_event(
-                item.room_id,
-                "m.room.message",
-                {
-                    "msgtype": "m.file",
-                    "body": content["body"],
-                    "filename": content["filename"],
-                    "url": uri,
-                    "info": {"mimetype": content["mimetype"], "size": len(data)},
-                },
-                item.txn_id,
+                item.room_id, "m.room.message", event, item.txn_id
             )
         raise ValueError(f"unknown outbox kind {item.kind!r}")
 
@@ -396,6 +408,24 @@ class Deliverer:
         """The row's tag (`on_sent`) now stands for the event sent."""
         if item.on_sent and event_id and self.tags is not None:
             await self.tags.record(item.on_sent, event_id)
+
+
+def _thread_relation(root: str) -> dict[str, Any]:
+    """In the thread of `root`, falling back to a reply to it for clients without threads."""
+    return {
+        "rel_type": "m.thread",
+        "event_id": root,
+        "is_falling_back": True,
+        "m.in_reply_to": {"event_id": root},
+    }
+
+
+def _with_reason(out: dict[str, Any], reason: str) -> dict[str, Any]:
+    """A message of a failed mail's outcome, its text ending with why it failed."""
+    content = dict(out.get("content") or {})
+    if isinstance(content.get("body"), str):
+        content["body"] = f"{content['body']} ({reason})"
+    return {**out, "content": content}
 
 
 async def _store(item: OutboxItem, *names: str) -> None:

@@ -56,6 +56,7 @@ class Situation(StrEnum):
     after the lock is taken; each text handler declares the situations it serves."""
 
     STAFF_ROOM = "staff_room"  # anything typed in the staff room
+    STAFF_THREAD = "staff_thread"  # staff writing in the thread of a request's card
     STAFF_IN_CLIENT_ROOM = "staff_in_client_room"  # staff answering in a client's room
     NOT_A_CLIENT = "not_a_client"  # a bridge account speaking in its own name
     INTAKE = "intake"  # answering the questions of a running intake
@@ -101,6 +102,7 @@ class Router:
         self.redactions: list[Handler] = []
         self.texts: dict[Situation, Handler] = {}
         self.members: list[Handler] = []
+        self.mails: list[Handler] = []
         self.effects: dict[type, list[EffectHandler]] = defaultdict(list)
         self.state_loader: StateLoader | None = None
 
@@ -163,6 +165,15 @@ class Router:
 
         return register
 
+    def mail(self) -> Callable[[Handler], Handler]:
+        """A mail read from the support mailbox (`bot.events.IncomingMail`)."""
+
+        def register(fn: Handler) -> Handler:
+            self.mails.append(fn)
+            return fn
+
+        return register
+
     def include(self, other: Router) -> None:
         self.commands.extend(other.commands)
         self.reactions.extend(other.reactions)
@@ -170,6 +181,7 @@ class Router:
         for situation, fn in other.texts.items():
             _claim(self.texts, situation, fn, self.name)
         self.members.extend(other.members)
+        self.mails.extend(other.mails)
         for kind, handlers in other.effects.items():
             self.effects[kind].extend(handlers)
         if other.state_loader is not None:
@@ -252,6 +264,10 @@ class Context:
     # The function name of the handler running (an effect's while it runs): what an error
     # is counted under (`support_bot_handler_errors_total{handler=…}`).
     handler: str = ""
+    # How `reply` answers when the event came from elsewhere than a room (a mail: its
+    # handler sets this once it knows the mail may be answered, and refusals and the
+    # apology then go back by mail). None: in the event's room.
+    answer: Callable[[Msg | str], None] | None = None
 
     @property
     def tz(self) -> ZoneInfo:
@@ -273,9 +289,13 @@ class Context:
     def reply(
         self, msg: Msg | str, *, html_body: str | None = None, in_clear: bool = False
     ) -> None:
-        """Answer in the room of the event (addressing the nickname behind a bridge);
-        `in_clear`: unencrypted even in an encrypted room, as plain text (only for what a
-        client whose app refuses the bot's keys must still read: `bot.unreadable`)."""
+        """Answer in the room of the event (addressing the nickname behind a bridge), or as
+        `answer` says (a mail); `in_clear`: unencrypted even in an encrypted room, as plain
+        text (only for what a client whose app refuses the bot's keys must still read:
+        `bot.unreadable`)."""
+        if self.answer is not None:
+            self.answer(msg)
+            return
         plain = self.render(msg)
         if in_clear:
             self.outgoing.append(
@@ -309,21 +329,42 @@ class Context:
         html_body: str | None = None,
         on_sent: str | None = None,
         plain_only: bool = False,
+        thread: str | None = None,
     ) -> None:
+        """A notice in `room_id`; with `thread` (a tag such as "card:12", resolved when it is
+        sent), in the thread of that event."""
         plain = self.render(msg, tr)
         formatted = None if plain_only else html_body
         self.outgoing.append(
-            Outgoing(room_id, "message", notice_content(plain, formatted), on_sent=on_sent)
+            Outgoing(
+                room_id,
+                "message",
+                notice_content(plain, formatted),
+                target=thread,
+                on_sent=on_sent,
+            )
         )
 
     def send_staff(
-        self, msg: Msg | str, *, html_body: str | None = None, on_sent: str | None = None
+        self,
+        msg: Msg | str,
+        *,
+        html_body: str | None = None,
+        on_sent: str | None = None,
+        thread: str | None = None,
     ) -> None:
         room = self.services.staff_room_id()
         if room is None:
             log.warning("no staff room: staff notice dropped")
             return
-        self.send(room, msg, tr=self.services.staff_tr(), html_body=html_body, on_sent=on_sent)
+        self.send(
+            room,
+            msg,
+            tr=self.services.staff_tr(),
+            html_body=html_body,
+            on_sent=on_sent,
+            thread=thread,
+        )
 
     def edit(self, room_id: str, target: str, plain: str, html_body: str | None) -> None:
         new = notice_content(plain, html_body)
@@ -347,22 +388,25 @@ class Context:
             del self.outgoing[start:]
 
     def send_mail(
-        self, mail: Mail, *, if_sent: Sequence[Outgoing] = (), if_failed: Sequence[Outgoing] = ()
+        self,
+        mail: Mail,
+        *,
+        if_sent: Sequence[Outgoing] = (),
+        if_failed: Sequence[Outgoing] = (),
+        with_reason: bool = False,
     ) -> None:
         """E-mail through the outbox: sent after this event's commit (so a rolled-back change
         never mails anything), retried with backoff, then exactly one of the two groups of
-        messages follows: `if_sent` once the mail is out, `if_failed` when it finally fails."""
-        self.outgoing.append(
-            Outgoing(
-                MAIL_QUEUE,
-                "mail",
-                {
-                    "mail": mail.to_content(),
-                    "if_sent": [_stored(out) for out in if_sent],
-                    "if_failed": [_stored(out) for out in if_failed],
-                },
-            )
-        )
+        messages follows: `if_sent` once the mail is out, `if_failed` when it finally fails
+        (with `with_reason`, their text ends with the error, for staff)."""
+        content: dict[str, Any] = {
+            "mail": mail.to_content(),
+            "if_sent": [_stored(out) for out in if_sent],
+            "if_failed": [_stored(out) for out in if_failed],
+        }
+        if with_reason:
+            content["with_reason"] = True
+        self.outgoing.append(Outgoing(MAIL_QUEUE, "mail", content))
 
     def to_client(
         self,
@@ -416,7 +460,14 @@ class Context:
         self.outgoing.append(Outgoing(room_id, "reaction", {"key": key}, target=target))
 
     def send_file(
-        self, room_id: str, data: bytes, filename: str, mimetype: str, body: str
+        self,
+        room_id: str,
+        data: bytes,
+        filename: str,
+        mimetype: str,
+        body: str,
+        *,
+        thread: str | None = None,
     ) -> None:
         self.outgoing.append(
             Outgoing(
@@ -428,6 +479,7 @@ class Context:
                     "mimetype": mimetype,
                     "body": body,
                 },
+                target=thread,
             )
         )
 
@@ -443,6 +495,7 @@ def all_handlers(router: Router) -> Iterator[Callable[..., Any]]:
     yield from router.redactions
     yield from router.texts.values()
     yield from router.members
+    yield from router.mails
     for handlers in router.effects.values():
         yield from handlers
     if router.state_loader is not None:

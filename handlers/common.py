@@ -23,20 +23,32 @@ Decisions worth knowing (SPEC §7):
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
+from datetime import datetime
 from email.utils import parseaddr
 from typing import TYPE_CHECKING
 
 from bot.cards import card_view, render_card
 from bot.domain.bridge import bridged_nick
-from bot.domain.tickets import Refusal, Status, TicketState
+from bot.domain.intake import OpenRequest
+from bot.domain.tickets import (
+    REF_RE,
+    Channel,
+    Kind,
+    Refusal,
+    Status,
+    TicketState,
+    initial_state,
+    sla_business_days,
+)
+from bot.events import EMAIL_ROOM
 from bot.i18n import N_, NP_, Msg, Translator
 from bot.ports import TransportError
 from bot.routing import Context, DomainError
 from bot.storage import repo
 from bot.storage.models import Booking, Client, Ticket
 from handlers.effects import FreeCall
+from handlers.mail_thread import mail_about
 
 if TYPE_CHECKING:
     from bot.services import Services
@@ -45,7 +57,6 @@ __all__ = ["bridged_nick"]  # re-exported for the handler modules
 
 log = logging.getLogger(__name__)
 
-REF_RE = re.compile(r"\b([A-Za-z]{1,10}-\d{4}-\d{4,})\b")
 
 NOT_FOUND = N_("I could not find {ref} among your requests. Type !tickets to list them.")
 STAFF_NOT_FOUND = N_("No ticket, question or quote request has the reference {ref}.")
@@ -127,9 +138,16 @@ async def tell_client(
 ) -> None:
     """Write to a ticket's client in their room and language (addressing the nickname
     behind a bridge); several parts make one message, as sentences of one paragraph. The
-    room's members are checked first (`client_room`)."""
+    room's members are checked first (`client_room`). A request made by e-mail is answered
+    by mail, in its thread; a client who follows their requests by e-mail gets a copy."""
     client = await Client.get(id=ticket.client_id)  # type: ignore[attr-defined]
     tr = await client_translator(ctx, ticket)
+    by_mail = ticket.room_id == EMAIL_ROOM
+    if (by_mail or client.follow_by_email) and client.erased_at is None:
+        text = " ".join(ctx.render(part, tr) for part in parts)
+        await mail_about(ctx, ticket, [text], tr=tr, kind="update")
+    if by_mail:
+        return
     room_id = await client_room(ctx, ticket, client, tr)
     if room_id is None:
         return  # held back: the client and staff were told
@@ -185,6 +203,77 @@ async def client_ticket(ctx: Context, example: str = "SP-2026-0042") -> Ticket:
     ticket = await repo.ticket_for_client(ref, ctx.sender.key)
     if ticket is None:
         raise DomainError(Msg(NOT_FOUND, {"ref": ref}))
+    return ticket
+
+
+# -- opening a request (the chat intake and the e-mail channel) ---------------------------------
+
+OPENED = {
+    Kind.TICKET: N_("Your ticket {ref} is open."),
+    Kind.QUESTION: N_("Your feasibility question {ref} is registered."),
+    Kind.QUOTE: N_("Your quote request {ref} is registered."),
+}
+# Translators: {due} is a full date and time, e.g. "Tuesday, December 29, 2026 at 6:00 PM".
+COMMITMENT = N_("It will be taken into account by {due} at the latest.")
+NEXT_INTERVENTION = N_(
+    "A member of the support team will estimate the work. If it may exceed two tickets, you "
+    "will be asked to confirm it by e-mail before it starts."
+)
+NEXT_QUESTION = N_(
+    "The support team will give you a feasibility opinion. No ticket is used, unless the team "
+    "converts your question into a ticket because it needs support work."
+)
+NEXT_QUOTE = N_(
+    "The support team will come back to you with an offer (development, training or project)."
+)
+TERMS = N_("Your requests are covered by the service terms: {url}")
+#: Feasibility questions and quote requests bill nothing, but the client still gets a date:
+#: the messaging commitment, by which the team comes back to them.
+QUESTION_OR_QUOTE_DAYS = 2
+_PREFIX_FIELD = {
+    Kind.TICKET: "ticket_prefix",
+    Kind.QUESTION: "question_prefix",
+    Kind.QUOTE: "quote_prefix",
+}
+
+
+async def create_request(
+    ctx: Context,
+    effect: OpenRequest,
+    client: Client,
+    *,
+    room_id: str,
+    locale: str,
+    received_at: datetime,
+) -> Ticket:
+    """The ticket, question or quote request an intake opens (chat or e-mail): its reference,
+    its deadline counted from `received_at` (R3, R4), its audit entry, its staff card."""
+    services = ctx.services
+    kind, channel = Kind(effect.kind.value), Channel(effect.channel)
+    prefix = getattr(services.config.service, _PREFIX_FIELD[kind])
+    ref = await repo.allocate_ref(prefix, received_at.astimezone(ctx.tz).year)
+    days = sla_business_days(channel) if kind is Kind.TICKET else QUESTION_OR_QUOTE_DAYS
+    ticket = await Ticket.create(
+        ref=ref,
+        kind=kind.value,
+        status=initial_state(kind, channel).status.value,
+        category=effect.category,
+        channel=channel.value,
+        client=client,
+        room_id=room_id,
+        locale=locale,
+        description=effect.description,
+        instance_url=effect.instance_url,
+        instance_version=effect.instance_version,
+        survey_id=effect.survey_id,
+        email=effect.email,
+        created_at=received_at,
+        sla_due=services.calendar.deadline(received_at, days),
+    )
+    await repo.audit(ticket, ctx.sender.key, "opened", None, ticket.status, at=ctx.now)
+    await post_card(ctx, ticket)
+    services.metrics.tickets.labels(kind=kind.value).inc()
+    log.info("opened %s (%s, %s)", ref, kind.value, channel.value)
     return ticket
 
 
@@ -361,6 +450,8 @@ async def client_room(ctx: Context, ticket: Ticket, client: Client, tr: Translat
     client behind a bridge, or no private room could be made): the client is told in the
     room, without content, and staff are told."""
     room_id = ticket.room_id
+    if room_id == EMAIL_ROOM:
+        return None  # a request made by e-mail has no room: `tell_client` mails it
     if client.erased_at is not None:
         # Nobody is known any more to check the room against, and nothing personal is left
         # in the ticket: written where it was, as before the erasure.

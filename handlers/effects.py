@@ -23,3 +23,11 @@ class FreeCall:
 
     ticket_id: int
     actor: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOpened:
+    """A request was opened in chat: its receipt goes by e-mail too (the e-mail channel)."""
+
+    ticket_id: int
+    first_request: bool = False

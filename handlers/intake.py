@@ -85,25 +85,30 @@ from bot.domain.tickets import (
     Kind,
     Status,
     cancel_by_client,
-    initial_state,
-    sla_business_days,
 )
+from bot.events import EMAIL_ROOM
 from bot.i18n import N_, Msg
 from bot.ports import TransportError
 from bot.routing import Context, DomainError, Router, Situation
 from bot.storage import repo
 from bot.storage.models import Client, Conversation, Ticket, TicketNote
 from handlers.common import (
+    COMMITMENT,
+    NEXT_INTERVENTION,
+    NEXT_QUESTION,
+    NEXT_QUOTE,
+    OPENED,
+    TERMS,
     change,
     client_ticket,
+    create_request,
     find_ref,
-    post_card,
     private_room,
     refresh_card,
     refuse_if_bridged,
     room_is_private,
 )
-from handlers.effects import OfferSlots
+from handlers.effects import OfferSlots, RequestOpened
 from handlers.state import RunningIntake, running_intake
 from handlers.state import conversation as _conversation
 from handlers.state import is_shared as _is_shared
@@ -117,29 +122,10 @@ router = Router("intake")
 
 # -- messages --------------------------------------------------------------------------------
 
-OPENED = {
-    Kind.TICKET: N_("Your ticket {ref} is open."),
-    Kind.QUESTION: N_("Your feasibility question {ref} is registered."),
-    Kind.QUOTE: N_("Your quote request {ref} is registered."),
-}
-# Translators: {due} is a full date and time, e.g. "Tuesday, December 29, 2026 at 6:00 PM".
-COMMITMENT = N_("It will be taken into account by {due} at the latest.")
 NEXT_MESSAGING = N_("A member of the support team will answer you here before that date.")
 NEXT_CALL_SLOTS = N_("I will now offer you call slots.")
 NEXT_CALL_LATER = N_("The support team will offer you call slots shortly.")
-NEXT_INTERVENTION = N_(
-    "A member of the support team will estimate the work. If it may exceed two tickets, you "
-    "will be asked to confirm it by e-mail before it starts."
-)
-NEXT_QUESTION = N_(
-    "The support team will give you a feasibility opinion. No ticket is used, unless the team "
-    "converts your question into a ticket because it needs support work."
-)
-NEXT_QUOTE = N_(
-    "The support team will come back to you with an offer (development, training or project)."
-)
 FOLLOW_UP = N_("Quote {ref} when you write to us about it; !status {ref} shows where it stands.")
-TERMS = N_("Your requests are covered by the service terms: {url}")
 
 NOTE_STAFF = N_("New message from the client on {ref}:\n{text}")
 NOTE_TICKET_GONE = N_(
@@ -178,12 +164,6 @@ CANCELLED_STAFF = N_("The client cancelled {ref} (not billed).")
 
 TICKETS_LISTED = 20  # the most recent ones; !status shows any of them
 STAFF_NOTE_CHARS = 1_000  # staff read the rest with !ticket
-_QUESTION_OR_QUOTE_DAYS = 2
-_PREFIX_FIELD = {
-    Kind.TICKET: "ticket_prefix",
-    Kind.QUESTION: "question_prefix",
-    Kind.QUOTE: "quote_prefix",
-}
 _CALLS = frozenset({Channel.VIDEO, Channel.PHONE})
 _NOT_OPEN = ENDED_STATUSES | {Status.CLOSED}
 _DROPPED = frozenset({IntakeStep.CANCELLED, IntakeStep.EXPIRED})
@@ -397,27 +377,11 @@ async def _open_request(ctx: Context, effect: OpenRequest, *, before: list[str])
     """Open the ticket; `before`: paragraphs the client's answer starts with."""
     services = ctx.services
     kind, channel = Kind(effect.kind.value), Channel(effect.channel)
-    prefix = getattr(services.config.service, _PREFIX_FIELD[kind])
-    ref = await repo.allocate_ref(prefix, ctx.now.astimezone(ctx.tz).year)
-    days = sla_business_days(channel) if kind is Kind.TICKET else _QUESTION_OR_QUOTE_DAYS
     client = await _client(ctx)
-    ticket = await Ticket.create(
-        ref=ref,
-        kind=kind.value,
-        status=initial_state(kind, channel).status.value,
-        category=effect.category,
-        channel=channel.value,
-        client=client,
-        room_id=ctx.room_id,
-        locale=ctx.tr.locale,
-        description=effect.description,
-        instance_url=effect.instance_url,
-        instance_version=effect.instance_version,
-        survey_id=effect.survey_id,
-        email=effect.email,
-        created_at=ctx.now,
-        sla_due=services.calendar.deadline(ctx.now, days),
+    ticket = await create_request(
+        ctx, effect, client, room_id=ctx.room_id, locale=ctx.tr.locale, received_at=ctx.now
     )
+    ref = ticket.ref
     if not ctx.sender.bridged:  # behind a bridge, the address stays with its request
         client.email = effect.email
     first_request = client.terms_shown_at is None
@@ -425,10 +389,6 @@ async def _open_request(ctx: Context, effect: OpenRequest, *, before: list[str])
         client.terms_shown_at = ctx.now
         client.terms_url = services.config.service.terms_url
     await client.save(update_fields=["email", "terms_shown_at", "terms_url"])
-    await repo.audit(ticket, ctx.sender.key, "opened", None, ticket.status, at=ctx.now)
-    await post_card(ctx, ticket)
-    services.metrics.tickets.labels(kind=kind.value).inc()
-    log.info("opened %s (%s, %s)", ref, kind.value, channel.value)
 
     calls = kind is Kind.TICKET and channel in _CALLS
     can_offer = calls and ctx.handles(OfferSlots)
@@ -441,6 +401,8 @@ async def _open_request(ctx: Context, effect: OpenRequest, *, before: list[str])
     if first_request:
         lines.append(Msg(TERMS, {"url": services.config.service.terms_url}))
     ctx.reply("\n\n".join([*before, *(ctx.render(line) for line in lines)]))
+    # The same receipt by e-mail, when a module sends it (a failure there loses nothing).
+    await ctx.try_emit(RequestOpened(ticket.id, first_request=first_request))
     # Slots right after the ticket; a failure there must not lose the ticket.
     if can_offer and not await ctx.try_emit(OfferSlots(ticket.id)):
         ctx.reply(Msg(NEXT_CALL_LATER))
@@ -561,7 +523,13 @@ async def sweep_intakes(services: Services, now: datetime) -> None:
     if jobs is None:
         return
     remind_after, expire_after = _timeouts(services)
-    due = await Conversation.filter(due_at__lte=now).order_by("due_at", "id").limit(500)
+    # Intakes by e-mail (`EMAIL_ROOM`) have their own sweeper (`handlers.mail`).
+    due = (
+        await Conversation.filter(due_at__lte=now)
+        .exclude(room_id=EMAIL_ROOM)
+        .order_by("due_at", "id")
+        .limit(500)
+    )
     for conv in due:
         intake = intake_from_data(conv.data)
         if is_expired(intake, now, expire_after):

@@ -3,7 +3,8 @@
 The dispatcher calls `load_state` after taking the (room, sender) lock and routes the text to
 the one handler declared for the situation found. The order is the product's:
 
-1. the staff room, then staff writing in a client's room (answering the client);
+1. the thread of a request's card in the staff room (staff answering a request made by
+   e-mail), the rest of the staff room, then staff writing in a client's room;
 2. a bridge account speaking in its own name (not a person: ignored);
 3. a running intake, in this room or, when this room is shared, in the client's private room
    (its answers may be numbers, so it comes before slot choices);
@@ -19,8 +20,9 @@ from dataclasses import dataclass
 
 from bot.domain.intake import IntakeStep
 from bot.domain.slots import parse_slot_choice
+from bot.events import IncomingText
 from bot.routing import Context, SenderState, Situation
-from bot.storage.models import Client, Conversation, SlotOffer
+from bot.storage.models import Client, Conversation, SlotOffer, Ticket
 from handlers.common import room_is_private
 
 
@@ -34,6 +36,12 @@ class RunningIntake:
 
 async def load_state(ctx: Context) -> SenderState:
     if ctx.in_staff_room:
+        event = ctx.event
+        root = event.thread_root if isinstance(event, IncomingText) else None
+        if root is not None and ctx.is_staff:
+            ticket = await Ticket.get_or_none(card_event_id=root)
+            if ticket is not None:
+                return SenderState(Situation.STAFF_THREAD, ticket)
         return SenderState(Situation.STAFF_ROOM)
     if ctx.is_staff:
         return SenderState(Situation.STAFF_IN_CLIENT_ROOM)

@@ -48,6 +48,7 @@ Decisions worth knowing (the SPEC leaves them open):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -60,6 +61,7 @@ from bot.i18n import N_, Msg
 __all__ = [
     "ACTIVE_STATUSES",
     "ENDED_STATUSES",
+    "REF_RE",
     "Channel",
     "Kind",
     "LogResult",
@@ -88,6 +90,10 @@ __all__ = [
     "staff_unconfirm",
     "take",
 ]
+
+#: A request reference as written anywhere (`SP-2026-0042`, `q-2026-0007`): prefix, year,
+#: number. Upper-cased by whoever reads it.
+REF_RE = re.compile(r"\b([A-Za-z]{1,10}-\d{4}-\d{4,})\b")
 
 
 class Kind(StrEnum):

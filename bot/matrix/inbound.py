@@ -216,7 +216,15 @@ def _text(room_id: str, event: Event) -> IncomingText | None:
         is_edit=replaces is not None,
         encrypted=bool(event.decrypted),
         replaces=replaces,
+        thread_root=_thread_root(relates) if replaces is None else None,
     )
+
+
+def _thread_root(relates: dict[str, Any]) -> str | None:
+    if relates.get("rel_type") != "m.thread":
+        return None
+    root = relates.get("event_id")
+    return root if isinstance(root, str) else None
 
 
 def _reply_target(relates: dict[str, Any]) -> str | None:

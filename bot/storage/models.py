@@ -67,6 +67,9 @@ class Client(Model):
     private_room_id = fields.CharField(max_length=255, null=True)
     erased_at = fields.DatetimeField(null=True)
     created_at = fields.DatetimeField()
+    # The client follows their requests by e-mail too (`!follow email on`): what the bot and
+    # staff write to them about a request is also mailed to the request's address.
+    follow_by_email = fields.BooleanField(default=False)
 
     class Meta:
         table = "client"
@@ -480,3 +483,53 @@ class MailboxPosition(Model):
 
     class Meta:
         table = "mailbox_position"
+
+
+# The e-mail channel (`handlers.mail`): every mail received or sent about a request, for its
+# threading (a reply's In-Reply-To/References are looked up here) and its history. `ticket`
+# is set once the request exists; `conversation` while it is an intake by e-mail.
+class MailMessage(Model):
+    id = fields.IntField(primary_key=True)
+    ticket: fields.ForeignKeyNullableRelation[Ticket] = fields.ForeignKeyField(
+        "models.Ticket", related_name="mails", null=True, on_delete=fields.CASCADE
+    )
+    conversation: fields.ForeignKeyNullableRelation[Conversation] = fields.ForeignKeyField(
+        "models.Conversation", related_name="mails", null=True, on_delete=fields.SET_NULL
+    )
+    direction = fields.CharField(max_length=3)  # in | out
+    # request | answers | reply | auto | bounce | refused | limited (in);
+    # questions | receipt | staff | update | refusal (out)
+    kind = fields.CharField(max_length=16)
+    message_id = fields.CharField(max_length=998, null=True)
+    # The client's address: the sender of a mail in, the recipient of a mail out.
+    address = fields.CharField(max_length=320, null=True)
+    subject = fields.TextField(null=True)
+    # A bounce's status and diagnostic; why a mail was not handled.
+    detail = fields.TextField(null=True)
+    event_id = fields.CharField(max_length=255, null=True)  # mail:<folder>:<uidvalidity>:<uid>
+    at = fields.DatetimeField()
+
+    class Meta:
+        table = "mail_message"
+        indexes = (
+            Index(fields=("message_id",), name="idx_mail_message_message_id"),
+            Index(fields=("address", "at"), name="idx_mail_message_address_at"),
+            Index(fields=("ticket_id",), name="idx_mail_message_ticket_id"),
+        )
+
+
+# A file attached to a mail in: its name and size always, its bytes when under
+# `mail.attachment_max_kib` (else refused politely, `data` NULL).
+class MailAttachmentRow(Model):
+    id = fields.IntField(primary_key=True)
+    mail: fields.ForeignKeyRelation[MailMessage] = fields.ForeignKeyField(
+        "models.MailMessage", related_name="attachments", on_delete=fields.CASCADE
+    )
+    filename = fields.CharField(max_length=255)
+    content_type = fields.CharField(max_length=255)
+    size = fields.BigIntField()
+    data = fields.BinaryField(null=True)
+
+    class Meta:
+        table = "mail_attachment"
+        indexes = (Index(fields=("mail_id",), name="idx_mail_attachment_mail_id"),)

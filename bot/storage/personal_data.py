@@ -5,6 +5,7 @@ finding every trace of a person across the tables is one concern of its own."""
 
 from __future__ import annotations
 
+import base64
 import html
 import logging
 import re
@@ -18,6 +19,7 @@ from tortoise.expressions import Q
 from tortoise.transactions import in_transaction
 
 from bot.domain.bridge import bridged_nick
+from bot.events import MAILTO
 from bot.storage.models import (
     AuditEntry,
     Booking,
@@ -25,6 +27,8 @@ from bot.storage.models import (
     ConfirmationToken,
     Conversation,
     DeferredEvent,
+    MailAttachmentRow,
+    MailMessage,
     OutboxItem,
     Reaction,
     Ticket,
@@ -62,7 +66,47 @@ async def holds_data(key: str) -> bool:
         or await UndecryptedEvent.exists(sender=key)
         or await WithheldKey.exists(sender=key)
         or await Reaction.exists(sender=key)
+        or (key.startswith(MAILTO) and await MailMessage.exists(address=key[len(MAILTO) :]))
     )
+
+
+def _mails_of(key: str, ticket_ids: list[int], conversation_ids: list[int]) -> Q:
+    """The mails received or sent about their requests and intakes, and (for a sender by
+    e-mail) every mail from or to their address."""
+    query = Q(ticket_id__in=ticket_ids) | Q(conversation_id__in=conversation_ids)
+    if key.startswith(MAILTO):
+        query |= Q(address=key[len(MAILTO) :])
+    return query
+
+
+async def _mails_json(
+    key: str, ticket_ids: list[int], conversation_ids: list[int], tz: tzinfo
+) -> list[dict[str, Any]]:
+    rows = await MailMessage.filter(_mails_of(key, ticket_ids, conversation_ids)).order_by("id")
+    files = await MailAttachmentRow.filter(mail_id__in=[r.pk for r in rows]).order_by("id")
+    by_mail: dict[int, list[dict[str, Any]]] = {}
+    for file in files:
+        by_mail.setdefault(file.mail_id, []).append(  # type: ignore[attr-defined]
+            {
+                "filename": file.filename,
+                "content_type": file.content_type,
+                "size": file.size,
+                "data_base64": None if file.data is None else base64.b64encode(file.data).decode(),
+            }
+        )
+    return [
+        {
+            "direction": row.direction,
+            "kind": row.kind,
+            "at": _iso(row.at, tz),
+            "address": row.address,
+            "subject": row.subject,
+            "message_id": row.message_id,
+            "detail": row.detail,
+            "attachments": by_mail.get(row.pk, []),
+        }
+        for row in rows
+    ]
 
 
 async def export_client(key: str, *, tz: tzinfo = UTC) -> dict[str, Any] | None:
@@ -76,7 +120,10 @@ async def export_client(key: str, *, tz: tzinfo = UTC) -> dict[str, Any] | None:
     undecrypted = await UndecryptedEvent.filter(sender=key).order_by("received_at")
     withheld = await WithheldKey.filter(sender=key).order_by("received_at", "id")
     reactions = await Reaction.filter(sender=key).order_by("at")
-    if client is None and not (conversations or pref or undecrypted or withheld or reactions):
+    mails_only = key.startswith(MAILTO) and await MailMessage.exists(address=key[len(MAILTO) :])
+    if client is None and not (
+        conversations or pref or undecrypted or withheld or reactions or mails_only
+    ):
         return None
     tickets = (
         []
@@ -121,6 +168,9 @@ async def export_client(key: str, *, tz: tzinfo = UTC) -> dict[str, Any] | None:
             {"room_id": r.room_id, "target": r.target_event_id, "key": r.key, "at": _iso(r.at, tz)}
             for r in reactions
         ],
+        "mails": await _mails_json(
+            key, [t.pk for t in tickets], [c.pk for c in conversations], tz
+        ),
     }
 
 
@@ -256,6 +306,12 @@ async def erase_data(key: str, *, now: datetime, actor: str = "system") -> Erasu
         ids = [t.pk for t in tickets]
         cards = {f"card:{pk}" for pk in ids}
         redactions, card_room = await _erase_outbox(traces, exclusive, cards)
+        # Mails kept (threading, bounces, attachments) go whole: a later mail from them is a
+        # new client's.
+        mails = _mails_of(key, ids, [c.pk for c in conversations])
+        mail_ids = await MailMessage.filter(mails).values_list("id", flat=True)
+        await MailAttachmentRow.filter(mail_id__in=list(mail_ids)).delete()
+        await MailMessage.filter(id__in=list(mail_ids)).delete()
         anon = f"{ANON_PREFIX}{secrets.token_hex(8)}"
         if ids:
             await Ticket.filter(id__in=ids).update(
@@ -268,6 +324,11 @@ async def erase_data(key: str, *, now: datetime, actor: str = "system") -> Erasu
             )
             await TicketNote.filter(ticket_id__in=ids).update(text=ERASED_TEXT)
             await TicketNote.filter(ticket_id__in=ids, author_key=key).update(author_key=anon)
+            # Notes written by e-mail name the sender's address.
+            await TicketNote.filter(ticket_id__in=ids, author_key__startswith=MAILTO).update(
+                author_key=anon
+            )
+            await AuditEntry.filter(ticket_id__in=ids, actor__startswith=MAILTO).update(actor=anon)
             await TimeLog.filter(ticket_id__in=ids, note__not_isnull=True).update(note=ERASED_TEXT)
             await AuditEntry.filter(ticket_id__in=ids, actor=key).update(actor=anon)
             await AuditEntry.filter(ticket_id__in=ids, detail__not_isnull=True).update(

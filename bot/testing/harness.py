@@ -25,6 +25,7 @@ from bot.events import (
     IncomingText,
 )
 from bot.i18n import Catalogs
+from bot.mailbox.raw import RawMail
 from bot.outbox import Deliverer
 from bot.services import Metrics, Services
 from bot.storage.db import close_db, open_db
@@ -211,6 +212,7 @@ class BotHarness:
         self.clock = clock or FakeClock()
         self.transport = RecordingTransport(config.matrix.user_id)
         self._ids = itertools.count(1)
+        self._uids = itertools.count(1)
         self.catalogs = Catalogs.load(default=config.service.default_locale)
         self._build()
 
@@ -336,6 +338,22 @@ class BotHarness:
             ts=self.clock(),
         )
         return await self.deliver(event)
+
+    def raw_mail(self, raw: bytes, *, uid: int | None = None, too_big: bool = False) -> RawMail:
+        """`raw` as the IMAP reader reads it: folder INBOX, UIDVALIDITY 1, the next UID."""
+        return RawMail("INBOX", 1, uid or next(self._uids), raw, len(raw), self.clock(), too_big)
+
+    async def receive_mail(self, mail: RawMail | bytes) -> bool:
+        """A mail of the support mailbox through the e-mail channel's sink, as the IMAP
+        reader hands it over; the outbox is then delivered (mails and messages)."""
+        from bot.mailin import ChannelSink
+
+        if isinstance(mail, bytes):
+            mail = self.raw_mail(mail)
+        sink = ChannelSink(self.dispatcher, own_address=self.config.mail.from_, clock=self.clock)
+        handled = await sink(mail)
+        await self.deliverer.deliver_pending()
+        return handled
 
     async def sweep(self) -> list[Sent]:
         before = len(self.transport.sent)
