@@ -25,6 +25,7 @@ MODULES = (
     "closing",
     "billing",
     "privacy",
+    "orgs",
 )
 
 

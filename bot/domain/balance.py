@@ -30,6 +30,7 @@ __all__ = [
     "after_estimate",
     "crossing",
     "level",
+    "signed",
 ]
 
 #: At this many tickets left or fewer the balance is low.
@@ -90,3 +91,12 @@ def after_estimate(remaining: int, billed_now: int, estimate_tickets: int) -> in
     if estimate_tickets < 0 or billed_now < 0:
         raise ValueError("ticket counts must not be negative")
     return remaining - max(0, estimate_tickets - billed_now)
+
+
+def signed(tickets: int) -> str:
+    """A balance as shown: a true minus sign below zero.
+
+    >>> signed(3), signed(0), signed(-2)
+    ('3', '0', '−2')
+    """
+    return f"−{-tickets}" if tickets < 0 else str(tickets)

@@ -24,12 +24,21 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
+from typing import Any
 
 from bot.domain.balance import Balance
 from bot.domain.tickets import Kind, billed_tickets
 from bot.storage.models import Client, Organisation, OrgMember, Purchase, Ticket
-from bot.storage.repo import _STATE_FIELDS, _require_aware, ticket_state
+from bot.storage.repo import (
+    _STATE_FIELDS,
+    REPORT_COLUMNS,
+    REPORT_SUMS,
+    _require_aware,
+    month_bounds,
+    report_month,
+    ticket_state,
+)
 
 __all__ = [
     "Account",
@@ -40,6 +49,7 @@ __all__ = [
     "is_prepaid",
     "member_ids",
     "monthly_consumption",
+    "monthly_report",
 ]
 
 
@@ -201,3 +211,42 @@ async def monthly_consumption(
 
 def _id(account: Account) -> int:
     return account.organisation_id or account.client_id or 0
+
+
+async def monthly_report(year: int, month: int, tz: tzinfo) -> list[dict[str, Any]]:
+    """The monthly report: a line per client (`repo.report_month`, with the organisation
+    they belong to), then a line per account (`row` "organisation"; a client in none is an
+    organisation of one): its clients' figures added up, the tickets it bought in the month
+    (`purchased`) and its balance at the end of the month (`balance`)."""
+    start, end = month_bounds(year, month, tz)
+    label = f"{year:04d}-{month:02d}"
+    client_rows = await report_month(year, month, tz)
+    memberships = await OrgMember.all().select_related("client", "organisation")
+    organisation_of = {m.client.key: m.organisation for m in memberships}
+    keys_of: dict[int, list[str]] = defaultdict(list)
+    for membership in memberships:
+        keys_of[membership.organisation.id].append(membership.client.key)
+    by_key = {row["client"]: row for row in client_rows}
+    for row in client_rows:
+        organisation = organisation_of.get(row["client"])
+        row["organisation"] = organisation.name if organisation is not None else None
+    consumption = await monthly_consumption(start, end)
+    alone = [account.client_id for account, *_ in consumption if not account.is_organisation]
+    client_keys = dict(await Client.filter(id__in=alone).values_list("id", "key"))
+    account_rows: list[dict[str, Any]] = []
+    for account, purchased, billed, balance in consumption:
+        row: dict[str, Any] = dict.fromkeys(REPORT_COLUMNS)
+        row.update(dict.fromkeys(REPORT_SUMS, 0))
+        row.update(month=label, row="organisation", organisation=account.name)
+        if account.organisation_id is not None:
+            members = keys_of.get(account.organisation_id, [])
+        else:
+            members = [client_keys[account.client_id]]
+            row["client"] = members[0]
+        for key in members:
+            for column in REPORT_SUMS:
+                row[column] += by_key.get(key, {}).get(column) or 0
+        # The same bill as the clients' lines (tickets opened in the month, billed today).
+        row.update(billed_tickets=billed, purchased=purchased, balance=balance.remaining)
+        account_rows.append(row)
+    return [*client_rows, *account_rows]
