@@ -25,7 +25,7 @@ from bot.i18n import Msg
 from bot.routing import addressed
 from bot.storage import balances, organisations, repo
 from bot.storage.balances import Account
-from bot.storage.models import Client, Organisation, OrgMember, Purchase, Ticket
+from bot.storage.models import Organisation, OrgMember, Purchase, Ticket
 from bot.testing.harness import BOT, STAFF, STAFF_ROOM, BotHarness, FakeClock, Sent
 from bot.testing.harness import test_config as base_config
 from handlers import billing, common, consent, orgs
@@ -165,7 +165,8 @@ async def test_org_new_add_show_list(bot):
     sent = await staff(bot, "!org nouveau “ACME   europe”")
     assert only(sent) == fr(bot, organisations.ORG_EXISTS, name='"ACME europe"')
     sent = await staff(bot, f"!org add «acme EUROPE» {ALICE}")
-    assert only(sent).startswith(fr(bot, orgs._MEMBER_ADDED, member=defuse(ALICE), name="Acme Europe"))
+    added = fr(bot, orgs._MEMBER_ADDED, member=defuse(ALICE), name="Acme Europe")
+    assert only(sent).startswith(added)
     member = await OrgMember.get(client__key=ALICE)
     assert member.organisation_id == organisation.id and member.added_by == STAFF  # type: ignore[attr-defined]
 
@@ -237,7 +238,8 @@ async def test_unclosed_quotes_and_reserved_names_are_explained(bot):
         answer = only(await staff(bot, f"!org new {name}"))
         assert answer == fr(
             bot,
-            "A name cannot start with @ or bridge:, nor look like a ticket reference: those name clients.",
+            "A name cannot start with @ or bridge:, nor look like a ticket reference: those name "
+            "clients.",
         )
     assert await Organisation.all().count() == 0
 
