@@ -157,8 +157,8 @@ async def monthly_consumption(
     start: datetime, end: datetime
 ) -> list[tuple[Account, int, int, Balance]]:
     """Per account, for the period [start, end): (account, tickets purchased in it, tickets
-    billed by the tickets opened in it, balance at `end`). Every account that had bought or
-    been billed anything by `end`; organisations first, by name, then clients alone."""
+    billed by the tickets opened in it, balance at `end`). Every account that had a purchase
+    recorded or a ticket billed by `end`; organisations first, by name, then clients alone."""
     _require_aware(start)
     _require_aware(end)
     organisation_of = dict(await OrgMember.all().values_list("client_id", "organisation_id"))
@@ -192,7 +192,9 @@ async def monthly_consumption(
         if ticket.created_at >= start:
             billed_in[account] += bill
 
-    seen = set(purchased_until) | set(billed_until)
+    # An account that bought nothing and was billed nothing (cancelled tickets, questions)
+    # has nothing to show.
+    seen = set(purchased_until) | {account for account, n in billed_until.items() if n}
     organisations = {
         o.id: o for o in await Organisation.filter(id__in=[i for k, i in seen if k != "client"])
     }
