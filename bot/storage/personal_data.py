@@ -25,7 +25,9 @@ from bot.storage.models import (
     ConfirmationToken,
     Conversation,
     DeferredEvent,
+    OrgMember,
     OutboxItem,
+    Purchase,
     Reaction,
     Ticket,
     TicketNote,
@@ -83,6 +85,7 @@ async def export_client(key: str, *, tz: tzinfo = UTC) -> dict[str, Any] | None:
     )
     return {
         "client": None if client is None else _client_json(client, pref, tz),
+        **({} if client is None else await _prepaid_export(client, tz)),
         "tickets": [await _ticket_export(ticket, tz) for ticket in tickets],
         "conversations": [
             {
@@ -101,6 +104,24 @@ async def export_client(key: str, *, tz: tzinfo = UTC) -> dict[str, Any] | None:
         "reactions": [
             {"room_id": r.room_id, "target": r.target_event_id, "key": r.key, "at": _iso(r.at, tz)}
             for r in reactions
+        ],
+    }
+
+
+async def _prepaid_export(client: Client, tz: tzinfo) -> dict[str, Any]:
+    """The organisation the client belongs to, and the tickets bought for them alone."""
+    membership = await OrgMember.filter(client_id=client.id).select_related("organisation").first()
+    purchases = await Purchase.filter(client_id=client.id).order_by("at", "id")
+    return {
+        "organisation": None if membership is None else membership.organisation.name,
+        "purchases": [
+            {
+                "at": _iso(p.at, tz),
+                "tickets": p.tickets,
+                "note": p.note,
+                "recorded_by": p.recorded_by,
+            }
+            for p in purchases
         ],
     }
 
@@ -265,6 +286,11 @@ async def erase_data(key: str, *, now: datetime, actor: str = "system") -> Erasu
         await UndecryptedEvent.filter(sender=key).delete()
         await _drop_deferred(key)
         if client is not None:
+            # The tickets bought for them stay (the balance and the reports need them); a note
+            # staff wrote about such a purchase may name them.
+            await Purchase.filter(client_id=client.id, note__not_isnull=True).update(
+                note=ERASED_TEXT
+            )
             client.key = anon
             client.display_name = None
             client.email = None

@@ -234,3 +234,28 @@ def test_the_org_subcommands_parse(tmp_path: Any, capsys: pytest.CaptureFixture[
     assert (args.name, args.tickets, args.note, args.by) == ("Acme Europe", "-2", "typo", "cli")
     assert cli.main(["org"]) == 2
     assert "missing subcommand (list, new NAME" in capsys.readouterr().err
+
+
+async def test_export_and_erasure_know_organisations_and_purchases(
+    seeded: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await cli_tickets.org_new(seeded, "ACME") == 0
+    assert await cli_tickets.org_add(seeded, "ACME", ALICE) == 0
+    assert await cli_tickets.org_credit(seeded, BOB, "2", note="paid by Robert Dupont") == 0
+    capsys.readouterr()
+    assert await cli_tickets.client_export(seeded, ALICE) == 0
+    alice = json.loads(capsys.readouterr().out)
+    assert (alice["organisation"], alice["purchases"]) == ("ACME", [])
+    assert await cli_tickets.client_export(seeded, BOB) == 0
+    bob = json.loads(capsys.readouterr().out)
+    assert bob["organisation"] is None
+    assert [(p["tickets"], p["note"]) for p in bob["purchases"]] == [
+        (2, "paid by Robert Dupont")
+    ]
+
+    assert await cli_tickets.client_erase(seeded, BOB) == 0
+    [purchase] = await _rows(seeded, Purchase)
+    assert (purchase["tickets"], purchase["note"]) == (2, "[erased]")  # the figure stays
+    capsys.readouterr()
+    assert await cli_tickets.org_show(seeded, "SP-2026-0002") == 0
+    assert "balance 1 (purchased 2, billed 1)" in capsys.readouterr().out
