@@ -172,10 +172,7 @@ async def org(ctx: Context) -> None:
     _staff_here(ctx)
     try:
         words, rest = take_words(ctx.args, 1)
-    except OrgInputError as error:  # pragma: no cover - one bare word cannot fail
-        raise DomainError(error.msg) from None
-    sub = words[0].casefold() if words else ""
-    try:
+        sub = words[0].casefold() if words else ""
         if sub in _NEW:
             await _org_new(ctx, rest)
         elif sub in _ADD:

@@ -18,23 +18,12 @@ from bot import cli, cli_tickets
 from bot.config import Config, parse_config
 from bot.storage.db import close_db, open_db
 from bot.storage.models import Client, Organisation, OrgMember, Purchase, Ticket
+from tests.flows.test_cli_tickets import MINIMAL
 
 PARIS = ZoneInfo("Europe/Paris")
 ALICE = "@alice:example.org"
 BOB = "@bob:example.org"
 TALK_KEY = "bridge:!talk:example.org:Carla Diaz"
-
-MINIMAL: dict[str, Any] = {
-    "matrix": {
-        "homeserver": "https://matrix.sondages.pro",
-        "user_id": "@support:sondages.pro",
-        "password": "a real password",
-        "staff_room": "#support-staff:sondages.pro",
-        "staff": ["@staff:sondages.pro"],
-    },
-    "web": {"secret": "0123456789abcdef0123"},
-    "video": {"jitsi": {"base_url": "https://meet.sondages.pro"}},
-}
 
 
 @pytest.fixture
@@ -249,9 +238,7 @@ async def test_export_and_erasure_know_organisations_and_purchases(
     assert await cli_tickets.client_export(seeded, BOB) == 0
     bob = json.loads(capsys.readouterr().out)
     assert bob["organisation"] is None
-    assert [(p["tickets"], p["note"]) for p in bob["purchases"]] == [
-        (2, "paid by Robert Dupont")
-    ]
+    assert [(p["tickets"], p["note"]) for p in bob["purchases"]] == [(2, "paid by Robert Dupont")]
 
     assert await cli_tickets.client_erase(seeded, BOB) == 0
     [purchase] = await _rows(seeded, Purchase)

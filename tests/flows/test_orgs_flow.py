@@ -205,6 +205,7 @@ async def test_org_new_add_show_list(bot):
         ("!org new", Msg(orgs._NEED_NAME, {"example": '!org new "Acme Europe"'})),
         ("!org new Acme Europe", Msg(orgs._TOO_MANY_WORDS, {"example": '!org new "Acme Europe"'})),
         ('!org new "Acme', None),
+        ('!org "new ACME', None),
         ("!org new @alice:test", None),
         ("!org new SP-2026-0001", None),
         ('!org new ""', None),
