@@ -5,7 +5,10 @@ Staff only. `!log` records a `TimeLog` row and moves the ticket's logged minutes
 its warranty bills nothing. When logged time starts a new ticket, the staff room is warned and
 the client is told, with the rule of their channel (each started hour, or 45 minutes for
 calls). `!report` shows, in the staff room only, a month's requests per client with what they
-bill as of today, as aligned plain text and an HTML table.
+bill as of today, then the prepaid tickets per organisation (`bot.storage.balances
+.monthly_report`: bought in the month, billed, balance at its end), as aligned plain text and
+HTML tables. What a change of billing does to a prepaid balance (cards redrawn, warnings) is
+`handlers.common.change`'s.
 """
 
 from __future__ import annotations

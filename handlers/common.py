@@ -18,6 +18,12 @@ Decisions worth knowing (SPEC §7):
 * **Bridged rooms.** A nickname is not an identity (anyone in the conversation can take it)
   and everyone there reads the answer: commands that show or change stored requests are
   refused there with a pointer to a private channel (`refuse_if_bridged`).
+* **Prepaid balances (issue #16 §1).** Every card shows its account's balance. Whatever
+  changes what a ticket bills goes through `change` (or, for a new request, `ticket_opened`),
+  which redraws the account's other open cards and, when the ticket bills more, tells staff
+  and the client if the balance of a prepaid account fell to one ticket or less, or below zero
+  (`billing_changed`): a comparison of before and after, so each crossing is told once and
+  nothing needs remembering. Another path that changes billing calls `billing_changed`.
 """
 
 from __future__ import annotations
