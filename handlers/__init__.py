@@ -26,6 +26,7 @@ MODULES = (
     "billing",
     "privacy",
     "mail",
+    "orgs",
 )
 
 

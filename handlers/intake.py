@@ -91,6 +91,7 @@ from bot.i18n import N_, Msg
 from bot.ports import TransportError
 from bot.routing import Context, DomainError, Router, Situation
 from bot.storage import repo
+from bot.storage.balances import account_of
 from bot.storage.models import Client, Conversation, Ticket, TicketNote
 from handlers.common import (
     COMMITMENT,
@@ -99,6 +100,7 @@ from handlers.common import (
     NEXT_QUOTE,
     OPENED,
     TERMS,
+    balance_msg,
     change,
     client_ticket,
     create_request,
@@ -107,6 +109,7 @@ from handlers.common import (
     refresh_card,
     refuse_if_bridged,
     room_is_private,
+    ticket_opened,
 )
 from handlers.effects import OfferSlots, RequestOpened
 from handlers.state import RunningIntake, running_intake
@@ -140,7 +143,7 @@ ROOM_FAILED = N_(
 CONFLICT = N_("Your message crossed another one. Please send it again.")
 
 HELP_NEW = N_("Start a new request, even while another one is open.")
-HELP_TICKETS = N_("List your requests and where they stand.")
+HELP_TICKETS = N_("List your requests, where they stand, and your prepaid ticket balance.")
 HELP_STATUS = N_("Show where one of your requests stands.")
 HELP_CANCEL = N_(
     "Drop the request in progress, or cancel a messaging ticket before anyone has answered."
@@ -260,8 +263,10 @@ async def list_tickets(ctx: Context) -> None:
         .order_by("-created_at", "-id")
         .limit(TICKETS_LISTED)
     )
+    client = await Client.get_or_none(key=ctx.sender.key)
+    balance = None if client is None else await balance_msg(await account_of(client.id))
     if not tickets:
-        here.reply(Msg(TICKETS_NONE))
+        here.reply("\n".join(here.render(m) for m in (Msg(TICKETS_NONE), balance) if m))
         return
     lines = []
     for ticket in tickets:
@@ -274,6 +279,8 @@ async def list_tickets(ctx: Context) -> None:
             lines.append(Msg(TICKET_LINE, {**params, "due": ticket.sla_due}))
         else:
             lines.append(Msg(TICKET_LINE_NO_DUE, params))
+    if balance is not None:
+        lines.append(balance)
     here.reply("\n".join([here.render(Msg(TICKETS_TITLE)), *map(here.render, lines)]))
 
 
@@ -389,6 +396,7 @@ async def _open_request(ctx: Context, effect: OpenRequest, *, before: list[str])
         client.terms_shown_at = ctx.now
         client.terms_url = services.config.service.terms_url
     await client.save(update_fields=["email", "terms_shown_at", "terms_url"])
+    balance_warning = await ticket_opened(ctx, ticket)
 
     calls = kind is Kind.TICKET and channel in _CALLS
     can_offer = calls and ctx.handles(OfferSlots)
@@ -398,6 +406,8 @@ async def _open_request(ctx: Context, effect: OpenRequest, *, before: list[str])
         Msg(_next_step(kind, channel, can_offer=can_offer)),
         Msg(FOLLOW_UP, {"ref": ref}),
     ]
+    if balance_warning is not None:
+        lines.append(balance_warning)
     if first_request:
         lines.append(Msg(TERMS, {"url": services.config.service.terms_url}))
     ctx.reply("\n\n".join([*before, *(ctx.render(line) for line in lines)]))

@@ -66,6 +66,7 @@ from handlers.common import (
     create_request,
     locked,
     refresh_card,
+    ticket_opened,
 )
 from handlers.mail_thread import (
     DEFAULT_TOPIC,
@@ -457,6 +458,11 @@ async def _open_by_mail(
     )
     await post_files(ctx, ticket, [int(i) for i in mail_ids])
     extra = [refused_msg(ctx, refused)] if refused else []
+    # The prepaid balance, as for a request made in chat: other cards redrawn, staff warned,
+    # and the client's warning in the receipt.
+    balance_warning = await ticket_opened(ctx, ticket)
+    if balance_warning is not None:
+        extra.append(balance_warning)
     await send_receipt(ctx, ticket, tr, by_mail=True, first_request=first_request, extra=extra)
 
 

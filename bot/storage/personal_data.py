@@ -29,7 +29,9 @@ from bot.storage.models import (
     DeferredEvent,
     MailAttachmentRow,
     MailMessage,
+    OrgMember,
     OutboxItem,
+    Purchase,
     Reaction,
     Ticket,
     TicketNote,
@@ -134,6 +136,7 @@ async def export_client(key: str, *, tz: tzinfo = UTC) -> dict[str, Any] | None:
     )
     return {
         "client": None if client is None else _client_json(client, pref, tz),
+        **({} if client is None else await _prepaid_export(client, tz)),
         "tickets": [await _ticket_export(ticket, tz) for ticket in tickets],
         "conversations": [
             {
@@ -171,6 +174,24 @@ async def export_client(key: str, *, tz: tzinfo = UTC) -> dict[str, Any] | None:
         "mails": await _mails_json(
             key, [t.pk for t in tickets], [c.pk for c in conversations], tz
         ),
+    }
+
+
+async def _prepaid_export(client: Client, tz: tzinfo) -> dict[str, Any]:
+    """The organisation the client belongs to, and the tickets bought for them alone."""
+    membership = await OrgMember.filter(client_id=client.id).select_related("organisation").first()
+    purchases = await Purchase.filter(client_id=client.id).order_by("at", "id")
+    return {
+        "organisation": None if membership is None else membership.organisation.name,
+        "purchases": [
+            {
+                "at": _iso(p.at, tz),
+                "tickets": p.tickets,
+                "note": p.note,
+                "recorded_by": p.recorded_by,
+            }
+            for p in purchases
+        ],
     }
 
 
@@ -346,6 +367,11 @@ async def erase_data(key: str, *, now: datetime, actor: str = "system") -> Erasu
         await WithheldKey.filter(sender=key).delete()
         await _drop_deferred(key)
         if client is not None:
+            # The tickets bought for them stay (the balance and the reports need them); a note
+            # staff wrote about such a purchase may name them.
+            await Purchase.filter(client_id=client.id, note__not_isnull=True).update(
+                note=ERASED_TEXT
+            )
             client.key = anon
             client.display_name = None
             client.email = None

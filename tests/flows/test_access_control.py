@@ -33,6 +33,9 @@ from bot.storage.models import (
     Client,
     ConfirmationToken,
     Conversation,
+    Organisation,
+    OrgMember,
+    Purchase,
     Reaction,
     RefCounter,
     Reminder,
@@ -77,6 +80,8 @@ STAFF_ARGS: dict[str, str] = {
     "report": "2026-11",
     "book": "{T5}",
     "unbook": "{T5}",
+    "org": "new ACME",
+    "credit": "@alice:test 10 invoice 118",
 }
 DEFAULT_STAFF_ARGS = "{T1} 1h"
 STAFF_REACTIONS = ("👀", "✅", "✔️", "❌")
@@ -228,6 +233,9 @@ SNAPSHOT_MODELS: tuple[type[Model], ...] = (
     UserPref,
     StaffFeed,
     RefCounter,
+    Organisation,
+    OrgMember,
+    Purchase,
 )
 
 

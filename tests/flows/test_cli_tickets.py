@@ -169,9 +169,15 @@ async def test_report(seeded: Config, capsys: pytest.CaptureFixture[str], fmt: s
     assert await cli_tickets.report(seeded, "2026-11", fmt) == 0
     out = capsys.readouterr().out
     rows = json.loads(out) if fmt == "json" else list(csv.DictReader(io.StringIO(out)))
-    by_client = {row["client"]: row for row in rows}
+    by_client = {row["client"]: row for row in rows if row["row"] == "client"}
     assert set(by_client) == {ALICE, BOB}
     alice, bob = by_client[ALICE], by_client[BOB]
+    # Each is an organisation of one: Alice's line of it (nothing bought, 4 billed); Bob's
+    # cancelled ticket of October and his question bill nothing, so he has no account line.
+    accounts = [row for row in rows if row["row"] == "organisation"]
+    assert [
+        (r["organisation"], str(r["billed_tickets"]), str(r["balance"])) for r in accounts
+    ] == [("Alice", "4", "-4")]
     assert str(alice["tickets"]) == "2" and str(alice["billed_tickets"]) == "4"
     assert str(alice["minutes_messaging"]) == "61" and str(alice["minutes_video"]) == "46"
     assert str(bob["tickets"]) == "0" and str(bob["questions"]) == "1"

@@ -13,6 +13,7 @@ import pytest
 from bot.cards import (
     ALLOWED_TAGS,
     DESCRIPTION_PREVIEW_CHARS,
+    BalanceView,
     BookingView,
     CardView,
     available_actions,
@@ -417,3 +418,51 @@ def test_queue_with_one_item_and_empty(en: Translator, fr: Translator) -> None:
     plain, markup = render_queue([], en, PARIS, NOW)
     assert plain == "The queue is empty: no open work."
     assert markup == "<p>The queue is empty: no open work.</p>"
+
+
+# --- The prepaid balance (issue #16 §1) ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("balance", "line", "flagged"),
+    [
+        (
+            BalanceView(purchased=10, billed=6, account="Acme Europe"),
+            "Prepaid balance of Acme Europe: 4 tickets (purchased: 10 tickets, billed: 6 tickets)",
+            False,
+        ),
+        (
+            BalanceView(purchased=10, billed=9, account="Acme Europe"),
+            "Prepaid balance of Acme Europe: 1 ticket (purchased: 10 tickets, billed: 9 tickets)",
+            True,
+        ),
+        (
+            BalanceView(purchased=2, billed=5),
+            "Prepaid balance: −3 tickets (purchased: 2 tickets, billed: 5 tickets)",
+            True,
+        ),
+        (
+            BalanceView(purchased=0, billed=5, prepaid=False),
+            "Prepaid balance: nothing purchased (billed: 5 tickets)",
+            False,
+        ),
+    ],
+)
+def test_card_shows_the_balance_of_the_account(
+    en: Translator, balance: BalanceView, line: str, flagged: bool
+) -> None:
+    plain, markup = render_card(view(balance=balance), en, PARIS)
+    expected = f"⚠️ {line}" if flagged else line
+    assert expected in plain.splitlines()
+    assert (f"<li>⚠️ <b>{line}</b></li>" in markup) is flagged
+
+
+def test_card_balance_in_french_agrees_with_the_count(fr: Translator) -> None:
+    plain, _ = render_card(view(balance=BalanceView(purchased=1, billed=2)), fr, PARIS)
+    assert "⚠️ Solde prépayé : −1 ticket (achats : 1 ticket, facturation : 2 tickets)" in plain
+
+
+def test_an_organisation_name_is_defused_on_the_card(en: Translator) -> None:
+    balance = BalanceView(purchased=5, billed=1, account="@room <b>Evil</b>")
+    plain, markup = render_card(view(balance=balance), en, PARIS)
+    assert "@room" not in plain and "<b>Evil</b>" not in markup
