@@ -36,6 +36,7 @@ from zoneinfo import ZoneInfo
 import nh3
 
 from bot import rules
+from bot.domain import balance as prepaid
 from bot.domain import tickets as lifecycle
 from bot.domain.intake import CATEGORIES
 from bot.domain.tickets import Channel, Kind, Refusal, Status, TicketState
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ALLOWED_TAGS",
     "DESCRIPTION_PREVIEW_CHARS",
+    "BalanceView",
     "BookingView",
     "CardView",
     "available_actions",
@@ -76,6 +78,23 @@ class BookingView:
 
 
 @dataclass(frozen=True, slots=True)
+class BalanceView:
+    """The prepaid balance of the ticket's account, as the card was drawn. `account` is the
+    organisation's name, None for a client in none (the card names them already);
+    `prepaid` is whether tickets were ever bought for it (only then is a low balance
+    flagged)."""
+
+    purchased: int
+    billed: int
+    account: str | None = None
+    prepaid: bool = True
+
+    @property
+    def remaining(self) -> int:
+        return self.purchased - self.billed
+
+
+@dataclass(frozen=True, slots=True)
 class CardView:
     """What a staff card shows about one ticket, question or quote request."""
 
@@ -94,6 +113,7 @@ class CardView:
     converted_from: str | None = None
     # The SLA watcher found the deadline missed with nobody having answered (R3).
     sla_missed: bool = False
+    balance: BalanceView | None = None
 
     @property
     def kind(self) -> Kind:
@@ -121,8 +141,14 @@ class CardView:
         )
 
 
-def card_view(ticket: Ticket, client: Client, booking: Booking | None = None) -> CardView:
-    """The card of a ticket row, its client row and its current booking (if any)."""
+def card_view(
+    ticket: Ticket,
+    client: Client,
+    booking: Booking | None = None,
+    balance: BalanceView | None = None,
+) -> CardView:
+    """The card of a ticket row, its client row, its current booking (if any) and the
+    balance of its account (if known)."""
     from bot.storage.repo import ticket_state  # the row <-> state mapping lives with the rows
 
     booking_view = None
@@ -143,6 +169,7 @@ def card_view(ticket: Ticket, client: Client, booking: Booking | None = None) ->
         booking=booking_view,
         converted_from=ticket.converted_from,
         sla_missed=ticket.sla_missed_at is not None and ticket.first_response_at is None,
+        balance=balance,
     )
 
 
@@ -199,6 +226,10 @@ _WARRANTY = N_("Warranty until {when}")
 _CALL = N_("Call: {start} – {end} with {staff}")
 _CALL_PROVIDER = N_("Call: {start} – {end} with {staff} ({provider})")
 _CONVERTED = N_("Converted from {ref}")
+_BALANCE_SUBJECT = N_("Prepaid balance")
+_BALANCE_SUBJECT_OF = N_("Prepaid balance of {account}")
+_BALANCE = N_("{subject}: {remaining} (purchased: {purchased}, billed: {billed})")
+_BALANCE_NOTHING_BOUGHT = N_("{subject}: nothing purchased (billed: {billed})")
 _DESCRIPTION = N_("Description:")
 _TRUNCATED = N_("(shortened: !ticket {ref} shows the full text)")
 _REACTIONS = N_("React: {actions}")
@@ -314,7 +345,8 @@ class _Renderer:
         return _Part(plain, html_text)
 
     def tickets(self, n: int) -> _Part:
-        return self.msg(_TICKETS[0], plural=_TICKETS[1], n=n)
+        # The count is shown signed (a balance may be below zero); the form follows its size.
+        return self.msg(_TICKETS[0], {"n": prepaid.signed(n)}, plural=_TICKETS[1], n=abs(n))
 
     def when(self, moment: datetime) -> _Part:
         return _trusted(self.tr.format_datetime_long(moment, self.tz))
@@ -453,7 +485,33 @@ def _facts(view: CardView, r: _Renderer) -> list[_Part]:
         lines.append(r.msg(_WARRANTY, {"when": r.when(state.warranty_until)}))
     if view.converted_from:
         lines.append(r.msg(_CONVERTED, {"ref": view.converted_from}))
+    if view.balance is not None:
+        lines.append(_balance(view.balance, r))
     return lines
+
+
+def _balance(balance: BalanceView, r: _Renderer) -> _Part:
+    """The account's prepaid balance; flagged ⚠️ when a prepaid one is down to one ticket."""
+    if balance.account is None:
+        subject = r.msg(_BALANCE_SUBJECT)
+    else:
+        subject = r.msg(_BALANCE_SUBJECT_OF, {"account": _untrusted(balance.account)})
+    if not balance.prepaid:
+        return r.msg(
+            _BALANCE_NOTHING_BOUGHT, {"subject": subject, "billed": r.tickets(balance.billed)}
+        )
+    line = r.msg(
+        _BALANCE,
+        {
+            "subject": subject,
+            "remaining": r.tickets(balance.remaining),
+            "purchased": r.tickets(balance.purchased),
+            "billed": r.tickets(balance.billed),
+        },
+    )
+    if prepaid.level(balance.remaining) is prepaid.Level.OK:
+        return line
+    return _Part(f"⚠️ {line.plain}", f"⚠️ <b>{line.html}</b>")
 
 
 def _category(key: str, r: _Renderer) -> _Part:

@@ -145,6 +145,42 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", dest="fmt", choices=("csv", "json"), default="csv", help="default: csv"
     )
 
+    org = add("org", _missing_subcommand, "client organisations and their prepaid tickets")
+    org_commands = org.add_subparsers(
+        title="org subcommands", dest="org_command", metavar="COMMAND"
+    )
+    org_commands.add_parser(
+        "list", parents=[common], help="every organisation with its balance"
+    ).set_defaults(handler=_org_list)
+    org_new = org_commands.add_parser("new", parents=[common], help="create an organisation")
+    org_new.add_argument("name", metavar="NAME", help='e.g. "Acme Europe" (case does not matter)')
+    org_new.set_defaults(handler=_org_new)
+    org_add = org_commands.add_parser(
+        "add", parents=[common], help="add a client to an organisation (moving them)"
+    )
+    org_add.add_argument("name", metavar="NAME")
+    org_add.add_argument(
+        "member",
+        metavar="MEMBER",
+        help="a Matrix id, a ticket reference of theirs, or a Talk nickname",
+    )
+    org_add.set_defaults(handler=_org_add)
+    org_show = org_commands.add_parser(
+        "show", parents=[common], help="an organisation's members, balance and purchases"
+    )
+    org_show.add_argument("name", metavar="NAME", help="an organisation, or a client in none")
+    org_show.set_defaults(handler=_org_show)
+    org_credit = org_commands.add_parser(
+        "credit", parents=[common], help="record tickets bought (negative: a correction)"
+    )
+    org_credit.add_argument("name", metavar="NAME", help="an organisation, or a client in none")
+    org_credit.add_argument("tickets", metavar="TICKETS", help="e.g. 10, or -2 to correct")
+    org_credit.add_argument("--note", help="e.g. the invoice number")
+    org_credit.add_argument(
+        "--by", default="cli", help="who records it, for the purchase log (default: cli)"
+    )
+    org_credit.set_defaults(handler=_org_credit)
+
     client = add("client", _missing_subcommand, "export or erase a client's personal data")
     client_commands = client.add_subparsers(
         title="client subcommands", dest="client_command", metavar="COMMAND"
@@ -223,7 +259,11 @@ def _port(value: str) -> int:
 
 def _missing_subcommand(args: argparse.Namespace) -> int:
     # argparse's `required=True` on nested subparsers gives a poor message; say what to type.
-    choices = {"tickets": "list, show REF, export --json", "client": "export ID, erase ID"}
+    choices = {
+        "tickets": "list, show REF, export --json",
+        "client": "export ID, erase ID",
+        "org": "list, new NAME, add NAME MEMBER, show NAME, credit NAME TICKETS",
+    }
     print(
         f"support-bot {args.command}: missing subcommand ({choices[args.command]}); "
         f"see support-bot {args.command} --help",
@@ -312,6 +352,36 @@ def _report(args: argparse.Namespace) -> int:
     from bot.cli_tickets import report
 
     return _with_config(args, report, args.month, args.fmt)
+
+
+def _org_list(args: argparse.Namespace) -> int:
+    from bot.cli_tickets import org_list
+
+    return _with_config(args, org_list)
+
+
+def _org_new(args: argparse.Namespace) -> int:
+    from bot.cli_tickets import org_new
+
+    return _with_config(args, org_new, args.name)
+
+
+def _org_add(args: argparse.Namespace) -> int:
+    from bot.cli_tickets import org_add
+
+    return _with_config(args, org_add, args.name, args.member)
+
+
+def _org_show(args: argparse.Namespace) -> int:
+    from bot.cli_tickets import org_show
+
+    return _with_config(args, org_show, args.name)
+
+
+def _org_credit(args: argparse.Namespace) -> int:
+    from bot.cli_tickets import org_credit
+
+    return _with_config(args, org_credit, args.name, args.tickets, note=args.note, by=args.by)
 
 
 def _client_export(args: argparse.Namespace) -> int:

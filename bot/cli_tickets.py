@@ -25,8 +25,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from bot.config import Config
+from bot.domain.balance import Balance, signed
+from bot.domain.orgs import OrgInputError, clean_note, parse_tickets
 from bot.i18n import Catalogs, Msg
-from bot.storage import personal_data, repo
+from bot.storage import balances, organisations, personal_data, repo
+from bot.storage.balances import Account
 from bot.storage.db import close_db, open_db
 from bot.storage.models import AuditEntry, Ticket, TicketNote, TimeLog
 from handlers import privacy
@@ -34,6 +37,11 @@ from handlers import privacy
 __all__ = [
     "client_erase",
     "client_export",
+    "org_add",
+    "org_credit",
+    "org_list",
+    "org_new",
+    "org_show",
     "parse_month",
     "report",
     "tickets_export",
@@ -234,7 +242,8 @@ def parse_month(text: str) -> tuple[int, int] | None:
 
 
 async def report(config: Config, month: str, fmt: str = "csv") -> int:
-    """Per-client figures of the tickets opened in `month` (YYYY-MM, service time zone)."""
+    """Per-client figures of the tickets opened in `month` (YYYY-MM, service time zone), then
+    per organisation: those figures added up, tickets purchased, balance at the month's end."""
     parsed = parse_month(month)
     if parsed is None:
         _error(f"Bad month {month!r}: write it as YYYY-MM, for example 2026-11.")
@@ -243,7 +252,7 @@ async def report(config: Config, month: str, fmt: str = "csv") -> int:
         _error(f"Bad format {fmt!r}: use one of {', '.join(REPORT_FORMATS)}.")
         return EXIT_USAGE
     async with _database(config):
-        rows = await repo.report_month(*parsed, _tz(config))
+        rows = await balances.monthly_report(*parsed, _tz(config))
     if fmt == "json":
         _dump(rows)
     else:
@@ -286,4 +295,139 @@ async def client_erase(config: Config, matrix_id: str) -> int:
         _error(f"No client {key!r}.")
         return EXIT_NOT_FOUND
     print(f"Erased the personal data of {_line(key)}; billing figures kept.")
+    return EXIT_OK
+
+
+# --- organisations and prepaid tickets -----------------------------------------------------
+
+#: Refusals that mean "no such organisation or client" (exit 1); any other is a bad argument.
+_NOT_FOUND_REASONS = frozenset(
+    {
+        organisations.ORG_UNKNOWN,
+        organisations.ACCOUNT_UNKNOWN,
+        organisations.TICKET_UNKNOWN,
+        organisations.CLIENT_UNKNOWN,
+        organisations.NICK_UNKNOWN,
+    }
+)
+
+
+def _refused(config: Config, error: OrgInputError) -> int:
+    """The refusal in English (the operator's language here), and its exit code."""
+    english = Catalogs.load(default=config.service.default_locale).get("en")
+    _error(english.render(error.msg, _tz(config)))
+    return EXIT_NOT_FOUND if error.args[0] in _NOT_FOUND_REASONS else EXIT_USAGE
+
+
+def _balance_line(balance: Balance) -> str:
+    return (
+        f"balance {signed(balance.remaining)} (purchased {balance.purchased}, "
+        f"billed {balance.billed})"
+    )
+
+
+async def org_list(config: Config) -> int:
+    """Every organisation with its members and balance."""
+    async with _database(config):
+        found = await organisations.organisations()
+        rows = []
+        for organisation, members in found:
+            account = Account(organisation.id, None, organisation.name)
+            balance = await balances.balance_of(account)
+            rows.append(
+                (
+                    organisation.name,
+                    str(members),
+                    str(balance.purchased),
+                    str(balance.billed),
+                    signed(balance.remaining),
+                )
+            )
+    if not rows:
+        print("No organisations yet.")
+        return EXIT_OK
+    print(_table(("organisation", "members", "purchased", "billed", "balance"), rows))
+    return EXIT_OK
+
+
+async def org_new(config: Config, name: str, *, by: str = "cli") -> int:
+    """Create an organisation."""
+    async with _database(config):
+        try:
+            created = await organisations.create_organisation(name, by=by, now=datetime.now(UTC))
+        except OrgInputError as error:
+            return _refused(config, error)
+    print(f"Created organisation {_line(created.name)}.")
+    return EXIT_OK
+
+
+async def org_add(config: Config, name: str, member: str, *, by: str = "cli") -> int:
+    """Add a client (Matrix id, ticket reference, bridge key or Talk nickname) to an
+    organisation, moving them from another one."""
+    now = datetime.now(UTC)
+    async with _database(config):
+        try:
+            organisation = await organisations.organisation_named(name)
+            client = await organisations.find_client(member, now=now, create=True)
+            added = await organisations.add_member(organisation, client, by=by, now=now)
+        except OrgInputError as error:
+            return _refused(config, error)
+    moved = f" (moved from {_line(added.moved_from)})" if added.moved_from else ""
+    print(f"Added {_line(client.key)} to {_line(organisation.name)}{moved}.")
+    return EXIT_OK
+
+
+async def org_show(config: Config, name: str) -> int:
+    """An organisation (or a client in none): members, balance, every purchase."""
+    tz = _tz(config)
+    async with _database(config):
+        try:
+            account = await organisations.account_named(name, now=datetime.now(UTC))
+        except OrgInputError as error:
+            return _refused(config, error)
+        balance = await balances.balance_of(account)
+        bought = await organisations.purchases_of(account)
+        members = (
+            await organisations.members_of(account.organisation_id)
+            if account.organisation_id is not None
+            else None
+        )
+    if members is None:
+        print(f"{_line(account.name)}: a client in no organisation")
+    else:
+        print(f"Organisation {_line(account.name)}")
+        shown = ", ".join(_line(client.key) for client in members)
+        print(f"members: {shown or '(none)'}")
+    print(_balance_line(balance))
+    if not bought:
+        print("No purchases.")
+        return EXIT_OK
+    rows = [
+        (
+            _short(purchase.at, tz),
+            f"{purchase.tickets:+d}",
+            purchase.recorded_by,
+            purchase.note or "",
+        )
+        for purchase in bought
+    ]
+    print(_table(("recorded", "tickets", "by", "note"), rows))
+    return EXIT_OK
+
+
+async def org_credit(
+    config: Config, name: str, tickets: str, *, note: str | None = None, by: str = "cli"
+) -> int:
+    """Record tickets bought by an organisation or a client in none (negative: a correction)."""
+    now = datetime.now(UTC)
+    async with _database(config):
+        try:
+            count = parse_tickets(tickets)
+            cleaned = clean_note(note or "")
+            account = await organisations.account_named(name, now=now, create_client=True)
+            await organisations.record_purchase(account, count, cleaned, by=by, now=now)
+        except OrgInputError as error:
+            return _refused(config, error)
+        balance = await balances.balance_of(account)
+    print(f"Recorded {count:+d} tickets for {_line(account.name)}; {_balance_line(balance)}.")
     return EXIT_OK

@@ -26,6 +26,7 @@ MODULES = (
     "closing",
     "billing",
     "privacy",
+    "orgs",
 )
 
 

@@ -17,10 +17,11 @@ from typing import Any
 from bot import rules
 from bot.cards import defuse
 from bot.domain import tickets as lifecycle
+from bot.domain.balance import signed
 from bot.domain.tickets import Channel, Refusal
 from bot.i18n import N_, NP_, Msg
 from bot.routing import Context, DomainError, Router
-from bot.storage import repo
+from bot.storage import balances, repo
 from bot.storage.models import TimeLog
 from handlers.common import bad_duration, change, locked_staff_ticket, rest_of_args, tell_client
 from handlers.common import tickets_msg as _tickets
@@ -59,6 +60,13 @@ _COL_INTERVENTION = N_("Intervention")
 _COL_QUESTIONS = N_("Questions")
 _COL_QUOTES = N_("Quotes")
 _TOTAL = N_("Total")
+_BALANCES_TITLE = N_(
+    "Prepaid tickets per organisation, {month} (bought in the month, billed by the requests "
+    "opened in it, balance at the end of the month)"
+)
+_COL_ORGANISATION = N_("Organisation")
+_COL_PURCHASED = N_("Purchased")
+_COL_BALANCE = N_("Balance")
 
 
 # -- !log ---------------------------------------------------------------------------------------
@@ -135,12 +143,20 @@ _REPORT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("questions", _COL_QUESTIONS),
     ("quotes", _COL_QUOTES),
 )
+_BALANCE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("purchased", _COL_PURCHASED),
+    ("billed_tickets", _COL_BILLED),
+    ("balance", _COL_BALANCE),
+)
 
 
 @router.command(
     "report",
     "rapport",
-    help=N_("Monthly report per client: requests, billed tickets, time by channel."),
+    help=N_(
+        "Monthly report: requests, billed tickets and time per client; prepaid tickets per "
+        "organisation."
+    ),
     usage="2026-11",
     staff=True,
 )
@@ -161,7 +177,7 @@ async def report(ctx: Context) -> None:
     else:
         year, month = local_now.year, local_now.month
     label = f"{year:04d}-{month:02d}"
-    rows = await repo.report_month(year, month, ctx.tz)
+    rows = await balances.monthly_report(year, month, ctx.tz)
     if not rows:
         ctx.reply(Msg(_REPORT_EMPTY, {"month": label}))
         return
@@ -172,6 +188,8 @@ async def report(ctx: Context) -> None:
 def _cell(column: str, value: int) -> str:
     if column.startswith("minutes_"):
         return rules.format_duration(value) if value else "0"
+    if column == "balance":
+        return signed(value)
     return str(value)
 
 
@@ -180,18 +198,43 @@ def _width(text: str) -> int:
 
 
 def render_report(ctx: Context, label: str, rows: list[dict[str, Any]]) -> tuple[str, str]:
-    """A small table: plain text with aligned columns, and an HTML table."""
+    """Two small tables, as aligned plain text and as HTML: the requests per client, then the
+    prepaid tickets per organisation (a client in none is an organisation of one)."""
+    clients = [row for row in rows if row["row"] == "client"]
+    accounts = [row for row in rows if row["row"] == "organisation"]
+    plain: list[str] = []
+    markup: list[str] = []
+    if clients:
+        title = ctx.render(Msg(_REPORT_TITLE[0], {"month": label}, _REPORT_TITLE[1], len(clients)))
+        names = [str(row.get("client_name") or row["client"]) for row in clients]
+        _table(ctx, title, _COL_CLIENT, _REPORT_COLUMNS, clients, names, plain, markup)
+    if accounts:
+        title = ctx.render(Msg(_BALANCES_TITLE, {"month": label}))
+        names = [str(row["organisation"]) for row in accounts]
+        _table(ctx, title, _COL_ORGANISATION, _BALANCE_COLUMNS, accounts, names, plain, markup)
+    return "\n\n".join(plain), "".join(markup)
+
+
+def _table(
+    ctx: Context,
+    title: str,
+    first: str,
+    columns: tuple[tuple[str, str], ...],
+    rows: list[dict[str, Any]],
+    names: list[str],
+    plain: list[str],
+    markup: list[str],
+) -> None:
+    """One titled table with a total line, added to `plain` and `markup`."""
     tr = ctx.tr
-    header = [tr.gettext(_COL_CLIENT), *(tr.gettext(title) for _, title in _REPORT_COLUMNS)]
+    header = [tr.gettext(first), *(tr.gettext(title) for _, title in columns)]
     body: list[list[str]] = []
-    totals = dict.fromkeys((column for column, _ in _REPORT_COLUMNS), 0)
-    for row in rows:
-        name = defuse(str(row.get("client_name") or row["client"]))
-        body.append([name, *(_cell(column, int(row[column])) for column, _ in _REPORT_COLUMNS)])
+    totals = dict.fromkeys((column for column, _ in columns), 0)
+    for name, row in zip(names, rows, strict=True):
+        body.append([defuse(name), *(_cell(column, int(row[column])) for column, _ in columns)])
         for column in totals:
             totals[column] += int(row[column])
     total = [tr.gettext(_TOTAL), *(_cell(column, value) for column, value in totals.items())]
-    title = ctx.render(Msg(_REPORT_TITLE[0], {"month": label}, _REPORT_TITLE[1], len(rows)))
     table = [header, *body, total]
     widths = [max(_width(line[i]) for line in table) for i in range(len(header))]
 
@@ -203,15 +246,14 @@ def render_report(ctx: Context, label: str, rows: list[dict[str, Any]]) -> tuple
         ]
         return " | ".join(padded).rstrip()
 
-    plain = "\n".join([title, *(line(cells) for cells in table)])
+    plain.append("\n".join([title, *(line(cells) for cells in table)]))
 
     def html_row(cells: list[str], tag: str) -> str:
         return "<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>"
 
-    body_html = (
+    markup.append(
         f"<p><b>{html.escape(title)}</b></p><table><thead>{html_row(header, 'th')}</thead>"
         "<tbody>"
         + "".join(html_row(cells, "td") for cells in body)
         + f"</tbody><tfoot>{html_row(total, 'th')}</tfoot></table>"
     )
-    return plain, body_html

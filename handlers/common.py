@@ -26,16 +26,19 @@ import hashlib
 import logging
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from email.utils import parseaddr
 from typing import TYPE_CHECKING
 
-from bot.cards import card_view, render_card
+from bot.cards import BRIDGE_KEY_PREFIX, BalanceView, card_view, defuse, render_card
+from bot.domain import balance as prepaid
 from bot.domain.bridge import bridged_nick
-from bot.domain.tickets import Refusal, Status, TicketState
+from bot.domain.tickets import ENDED_STATUSES, Refusal, Status, TicketState, billed_tickets
 from bot.i18n import N_, NP_, Msg, Translator
 from bot.ports import TransportError
 from bot.routing import Context, DomainError
-from bot.storage import repo
+from bot.storage import balances, repo
+from bot.storage.balances import Account
 from bot.storage.models import Booking, BotState, Client, Ticket
 from handlers.effects import FreeCall
 
@@ -61,7 +64,20 @@ def find_ref(text: str) -> str | None:
 async def card_parts(ctx: Context, ticket: Ticket) -> tuple[str, str]:
     client = await Client.get(id=ticket.client_id)  # type: ignore[attr-defined]
     booking = await repo.active_booking(ticket)
-    return render_card(card_view(ticket, client, booking), ctx.services.staff_tr(), ctx.tz)
+    balance = await balance_view(await balances.account_of(client.id))
+    view = card_view(ticket, client, booking, balance)
+    return render_card(view, ctx.services.staff_tr(), ctx.tz)
+
+
+async def balance_view(account: Account) -> BalanceView:
+    """What a card shows of an account's prepaid balance."""
+    balance = await balances.balance_of(account)
+    return BalanceView(
+        purchased=balance.purchased,
+        billed=balance.billed,
+        account=account.name if account.is_organisation else None,
+        prepaid=await balances.is_prepaid(account),
+    )
 
 
 async def post_card(ctx: Context, ticket: Ticket) -> None:
@@ -91,6 +107,7 @@ async def change(
     if isinstance(result, Refusal):
         raise DomainError(result.msg)
     before = ticket.status
+    billed_before = billed_tickets(repo.ticket_state(ticket))
     changed = repo.apply_state(ticket, result)
     ticket.version += 1
     await ticket.save(update_fields=[*changed, "version"])
@@ -106,6 +123,8 @@ async def change(
     if ticket.status in FREES_CALL and before != ticket.status:
         await _free_future_call(ctx, ticket)
     await refresh_card(ctx, ticket)
+    if billed_tickets(result) != billed_before:
+        await billing_changed(ctx, ticket, billed_before)
     return result
 
 
@@ -267,6 +286,161 @@ async def card_ticket(ctx: Context, target: str) -> Ticket | None:
         return None
     found = await Ticket.get_or_none(card_event_id=target)
     return None if found is None else await locked(found.id)
+
+
+# -- prepaid balances (issue #16 §1) ------------------------------------------------------------
+
+BALANCE_OWN = N_("Your prepaid ticket balance")
+BALANCE_OF = N_("The prepaid ticket balance of {account}")
+BALANCE_LINE = N_("{subject}: {remaining} (purchased: {purchased}, used: {billed}).")
+BALANCE_NOTHING_BOUGHT = N_("{subject}: no tickets purchased in advance (used: {billed}).")
+_LOW_CLIENT = N_(
+    "{subject} is now {remaining} ({ref}). Your request goes on; to buy tickets, contact the "
+    "support team."
+)
+_NEGATIVE_CLIENT = N_(
+    "{subject} is now below zero: {remaining} ({ref}). Your request goes on; the support team "
+    "will contact you about buying tickets."
+)
+_LOW_CLIENT_BRIDGED = N_(
+    "{subject} is now low ({ref}). Your request goes on; to buy tickets, contact the support team."
+)
+_NEGATIVE_CLIENT_BRIDGED = N_(
+    "{subject} is now below zero ({ref}). Your request goes on; the support team will contact "
+    "you about buying tickets."
+)
+_LOW_STAFF = N_("⚠️ The prepaid balance of {account} is down to {remaining} ({ref}).")
+_NEGATIVE_STAFF = N_("⚠️ The prepaid balance of {account} is below zero: {remaining} ({ref}).")
+#: How many other open cards of an account are redrawn when its balance changes.
+SIBLING_CARDS = 20
+
+
+def balance_tickets(n: int) -> Msg:
+    """A count of tickets that may be below zero: "−2 tickets"."""
+    return Msg(_TICKETS[0], {"n": prepaid.signed(n)}, _TICKETS[1], abs(n))
+
+
+def balance_subject(account: Account) -> Msg:
+    """ "Your prepaid ticket balance", or the one of the client's organisation."""
+    if not account.is_organisation:
+        return Msg(BALANCE_OWN)
+    return Msg(BALANCE_OF, {"account": defuse(account.name)})
+
+
+async def balance_msg(account: Account, subject: Msg | None = None) -> Msg:
+    """The balance of `account` as a sentence (`!solde`, `!tickets`, `!org show`)."""
+    balance = await balances.balance_of(account)
+    subject = subject or balance_subject(account)
+    if not await balances.is_prepaid(account):
+        return Msg(
+            BALANCE_NOTHING_BOUGHT, {"subject": subject, "billed": tickets_msg(balance.billed)}
+        )
+    return Msg(
+        BALANCE_LINE,
+        {
+            "subject": subject,
+            "remaining": balance_tickets(balance.remaining),
+            "purchased": balance_tickets(balance.purchased),
+            "billed": tickets_msg(balance.billed),
+        },
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceCrossing:
+    """A prepaid account whose balance just fell into a worse level (`prepaid.crossing`)."""
+
+    account: Account
+    balance: prepaid.Balance
+    level: prepaid.Level
+
+    def for_client(self, ref: str, *, bridged: bool) -> Msg:
+        """The client's warning; behind a bridge, where anyone may read along under any
+        name, without the figure."""
+        params: dict[str, object] = {"subject": balance_subject(self.account), "ref": ref}
+        negative = self.level is prepaid.Level.NEGATIVE
+        if bridged:
+            return Msg(_NEGATIVE_CLIENT_BRIDGED if negative else _LOW_CLIENT_BRIDGED, params)
+        params["remaining"] = balance_tickets(self.balance.remaining)
+        return Msg(_NEGATIVE_CLIENT if negative else _LOW_CLIENT, params)
+
+    def for_staff(self, ref: str) -> Msg:
+        negative = self.level is prepaid.Level.NEGATIVE
+        params = {
+            "account": defuse(self.account.name),
+            "remaining": balance_tickets(self.balance.remaining),
+            "ref": ref,
+        }
+        return Msg(_NEGATIVE_STAFF if negative else _LOW_STAFF, params)
+
+
+async def balance_crossing(ticket: Ticket, billed_before: int) -> BalanceCrossing | None:
+    """Whether billing `ticket` more than `billed_before` (saved already) made its prepaid
+    account's balance fall to one ticket or less, or below zero: told once per crossing,
+    since a balance that stays low crosses nothing."""
+    added = billed_tickets(repo.ticket_state(ticket)) - billed_before
+    if added <= 0:
+        return None
+    account = await balances.account_of(ticket.client_id)  # type: ignore[attr-defined]
+    if not await balances.is_prepaid(account):
+        return None
+    balance = await balances.balance_of(account)
+    level = prepaid.crossing(balance.remaining + added, balance.remaining)
+    return None if level is None else BalanceCrossing(account, balance, level)
+
+
+async def billing_changed(ctx: Context, ticket: Ticket, billed_before: int) -> None:
+    """`ticket` (saved) now bills other than `billed_before`: the other cards of its account
+    are redrawn with the new balance, and when it bills more (logged time, a question made a
+    ticket…) staff and the client are told if the balance crossed a threshold. Nothing is
+    held up. `change` calls it; so does any other path that changes what a ticket bills."""
+    account = await balances.account_of(ticket.client_id)  # type: ignore[attr-defined]
+    await refresh_account_cards(ctx, account, skip=ticket.id)
+    crossing = await balance_crossing(ticket, billed_before)
+    if crossing is None:
+        return
+    ctx.send_staff(crossing.for_staff(ticket.ref))
+    client = await Client.get(id=ticket.client_id)  # type: ignore[attr-defined]
+    bridged = client.key.startswith(BRIDGE_KEY_PREFIX)
+    await tell_client(ctx, ticket, crossing.for_client(ticket.ref, bridged=bridged))
+
+
+async def ticket_opened(ctx: Context, ticket: Ticket) -> Msg | None:
+    """A new request bills from its opening (a ticket: one, at least): the account's other
+    cards are redrawn, staff are warned when the balance crossed a threshold, and the
+    client's warning is returned, to go in the message that gives them the reference."""
+    if billed_tickets(repo.ticket_state(ticket)) == 0:
+        return None
+    account = await balances.account_of(ticket.client_id)  # type: ignore[attr-defined]
+    await refresh_account_cards(ctx, account, skip=ticket.id)
+    crossing = await balance_crossing(ticket, 0)
+    if crossing is None:
+        return None
+    ctx.send_staff(crossing.for_staff(ticket.ref))
+    return crossing.for_client(ticket.ref, bridged=ctx.sender.bridged)
+
+
+async def refresh_account_cards(
+    ctx: Context, account: Account, *, skip: int | None = None
+) -> None:
+    """Redraw the cards of the account's open requests (the most recent `SIBLING_CARDS`):
+    each card shows the account's balance."""
+    if account.organisation_id is not None:
+        clients = await balances.member_ids(account.organisation_id)
+    else:
+        clients = [account.client_id] if account.client_id is not None else []
+    if not clients:
+        return
+    query = Ticket.filter(client_id__in=clients, card_event_id__isnull=False).exclude(
+        status__in=[str(status) for status in _NOT_OPEN]
+    )
+    if skip is not None:
+        query = query.exclude(id=skip)
+    for ticket in await query.order_by("-created_at", "-id").limit(SIBLING_CARDS):
+        await refresh_card(ctx, ticket)
+
+
+_NOT_OPEN = ENDED_STATUSES | {Status.CLOSED}
 
 
 #: A booking's status while its call stands (`repo.CANCELLED_BOOKING` once it is cancelled);

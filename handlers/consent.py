@@ -27,17 +27,21 @@ import logging
 from typing import TYPE_CHECKING
 
 from bot import rules
+from bot.cards import BRIDGE_KEY_PREFIX, defuse
 from bot.consent import AUDIT_ACTION, NoAddress, client_contact, prepare_consent
+from bot.domain import balance as prepaid
 from bot.domain import tickets as lifecycle
 from bot.domain.tickets import Refusal, Status, TicketState
 from bot.events import IncomingReaction, IncomingRedaction
 from bot.i18n import N_, Msg
 from bot.routing import Context, DomainError, Router
-from bot.storage import repo
-from bot.storage.models import AuditEntry, Reaction, Ticket
+from bot.storage import balances, repo
+from bot.storage.models import AuditEntry, Client, Reaction, Ticket
 from handlers.common import (
     CONFIRM_KEYS,
     bad_duration,
+    balance_subject,
+    balance_tickets,
     card_ticket,
     change,
     locked,
@@ -127,6 +131,20 @@ _UNCONFIRMED_STAFF = N_(
 )
 _UNCONFIRM_KEPT_STAFF = N_("The confirmation of {ref} stays: {reason}")
 
+# an estimate above the prepaid balance
+_OVER_BALANCE_STAFF = N_(
+    "⚠️ {ref}: the estimate ({tickets}) is more than the prepaid balance of {account} covers "
+    "({remaining}); once billed it would be {after}. The client is told; nothing is held up."
+)
+_OVER_BALANCE_CLIENT = N_(
+    "{subject} is {remaining}: once the intervention {ref} is billed as estimated, it would be "
+    "{after}. The work is not held up; to buy tickets, contact the support team."
+)
+_OVER_BALANCE_CLIENT_BRIDGED = N_(
+    "{subject} does not cover the estimate of {ref}. The work is not held up; to buy tickets, "
+    "contact the support team."
+)
+
 
 def _decided(result: TicketState | Refusal) -> TicketState:
     if isinstance(result, Refusal):
@@ -163,6 +181,7 @@ async def estimate(ctx: Context) -> None:
         "duration": rules.format_duration(minutes),
         "tickets": _tickets(n),
     }
+    await _tell_over_balance(ctx, ticket, n)  # before any consent is asked
     if state.status is Status.CONFIRMED:
         ctx.reply(Msg(_ESTIMATE_UPDATED_STAFF, params))
         await tell_client(ctx, ticket, Msg(_ESTIMATE_UPDATED_CLIENT, params))
@@ -177,6 +196,42 @@ async def estimate(ctx: Context) -> None:
         await tell_client(ctx, ticket, warned, Msg(_CONSENT_BY_CHAT_CLIENT, {"ref": ticket.ref}))
         return
     await _ask_consent_by_mail(ctx, ticket, params, warned)
+
+
+async def _tell_over_balance(ctx: Context, ticket: Ticket, estimate_tickets: int) -> None:
+    """Staff and the client hear it when the estimate would take a prepaid account below
+    zero (what the ticket bills already is counted in the balance). Work is not held up."""
+    account = await balances.account_of(ticket.client_id)  # type: ignore[attr-defined]
+    if not await balances.is_prepaid(account):
+        return
+    balance = await balances.balance_of(account)
+    billed_now = lifecycle.billed_tickets(repo.ticket_state(ticket))
+    after = prepaid.after_estimate(balance.remaining, billed_now, estimate_tickets)
+    if after >= 0:
+        return
+    remaining, then = balance_tickets(balance.remaining), balance_tickets(after)
+    ctx.reply(
+        Msg(
+            _OVER_BALANCE_STAFF,
+            {
+                "ref": ticket.ref,
+                "tickets": _tickets(estimate_tickets),
+                "account": defuse(account.name),
+                "remaining": remaining,
+                "after": then,
+            },
+        )
+    )
+    subject = balance_subject(account)
+    client = await Client.get(id=ticket.client_id)  # type: ignore[attr-defined]
+    if client.key.startswith(BRIDGE_KEY_PREFIX):
+        told = Msg(_OVER_BALANCE_CLIENT_BRIDGED, {"subject": subject, "ref": ticket.ref})
+    else:
+        told = Msg(
+            _OVER_BALANCE_CLIENT,
+            {"subject": subject, "remaining": remaining, "after": then, "ref": ticket.ref},
+        )
+    await tell_client(ctx, ticket, told)
 
 
 async def _ask_consent_by_mail(

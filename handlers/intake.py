@@ -92,8 +92,10 @@ from bot.i18n import N_, Msg
 from bot.ports import TransportError
 from bot.routing import Context, DomainError, Router, Situation
 from bot.storage import repo
+from bot.storage.balances import account_of
 from bot.storage.models import Client, Conversation, Ticket, TicketNote
 from handlers.common import (
+    balance_msg,
     change,
     client_ticket,
     find_ref,
@@ -102,6 +104,7 @@ from handlers.common import (
     refresh_card,
     refuse_if_bridged,
     room_is_private,
+    ticket_opened,
 )
 from handlers.effects import OfferSlots
 from handlers.state import RunningIntake, running_intake
@@ -154,7 +157,7 @@ ROOM_FAILED = N_(
 CONFLICT = N_("Your message crossed another one. Please send it again.")
 
 HELP_NEW = N_("Start a new request, even while another one is open.")
-HELP_TICKETS = N_("List your requests and where they stand.")
+HELP_TICKETS = N_("List your requests, where they stand, and your prepaid ticket balance.")
 HELP_STATUS = N_("Show where one of your requests stands.")
 HELP_CANCEL = N_(
     "Drop the request in progress, or cancel a messaging ticket before anyone has answered."
@@ -280,8 +283,10 @@ async def list_tickets(ctx: Context) -> None:
         .order_by("-created_at", "-id")
         .limit(TICKETS_LISTED)
     )
+    client = await Client.get_or_none(key=ctx.sender.key)
+    balance = None if client is None else await balance_msg(await account_of(client.id))
     if not tickets:
-        here.reply(Msg(TICKETS_NONE))
+        here.reply("\n".join(here.render(m) for m in (Msg(TICKETS_NONE), balance) if m))
         return
     lines = []
     for ticket in tickets:
@@ -294,6 +299,8 @@ async def list_tickets(ctx: Context) -> None:
             lines.append(Msg(TICKET_LINE, {**params, "due": ticket.sla_due}))
         else:
             lines.append(Msg(TICKET_LINE_NO_DUE, params))
+    if balance is not None:
+        lines.append(balance)
     here.reply("\n".join([here.render(Msg(TICKETS_TITLE)), *map(here.render, lines)]))
 
 
@@ -427,6 +434,7 @@ async def _open_request(ctx: Context, effect: OpenRequest, *, before: list[str])
     await client.save(update_fields=["email", "terms_shown_at", "terms_url"])
     await repo.audit(ticket, ctx.sender.key, "opened", None, ticket.status, at=ctx.now)
     await post_card(ctx, ticket)
+    balance_warning = await ticket_opened(ctx, ticket)
     services.metrics.tickets.labels(kind=kind.value).inc()
     log.info("opened %s (%s, %s)", ref, kind.value, channel.value)
 
@@ -438,6 +446,8 @@ async def _open_request(ctx: Context, effect: OpenRequest, *, before: list[str])
         Msg(_next_step(kind, channel, can_offer=can_offer)),
         Msg(FOLLOW_UP, {"ref": ref}),
     ]
+    if balance_warning is not None:
+        lines.append(balance_warning)
     if first_request:
         lines.append(Msg(TERMS, {"url": services.config.service.terms_url}))
     ctx.reply("\n\n".join([*before, *(ctx.render(line) for line in lines)]))

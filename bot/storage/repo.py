@@ -72,6 +72,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "ERASED_TEXT",
     "REPORT_COLUMNS",
+    "REPORT_SUMS",
     "TICKET_JSON_FIELDS",
     "active_booking",
     "active_bookings",
@@ -395,8 +396,21 @@ def ticket_to_json(
 
 REPORT_COLUMNS: tuple[str, ...] = (
     "month",
+    "row",  # "client", or "organisation" for an account's line (`bot.storage.balances`)
     "client",
     "client_name",
+    "organisation",
+    "tickets",
+    "billed_tickets",
+    *(f"minutes_{channel}" for channel in Channel),
+    "minutes_total",
+    "questions",
+    "quotes",
+    "purchased",  # organisation lines: tickets bought in the month
+    "balance",  # organisation lines: the balance at the end of the month
+)
+#: The figures of a client line that add up into their organisation's line.
+REPORT_SUMS: tuple[str, ...] = (
     "tickets",
     "billed_tickets",
     *(f"minutes_{channel}" for channel in Channel),
@@ -431,8 +445,11 @@ async def report_month(year: int, month: int, tz: tzinfo) -> list[dict[str, Any]
         client: Client = ticket.client
         row = rows.get(client.pk)
         if row is None:
-            row = rows[client.pk] = {column: 0 for column in REPORT_COLUMNS}
-            row.update(month=label, client=client.key, client_name=client.display_name)
+            row = rows[client.pk] = {column: None for column in REPORT_COLUMNS}
+            row.update(dict.fromkeys(REPORT_SUMS, 0))
+            row.update(
+                month=label, row="client", client=client.key, client_name=client.display_name
+            )
         kind = Kind(ticket.kind)
         if kind is Kind.QUESTION:
             row["questions"] += 1
