@@ -23,8 +23,9 @@ from bot.domain.dashboard import DeadlineState
 from bot.domain.tickets import Channel, Kind, Status
 from bot.i18n import N_, Msg, Translator
 from bot.rules import BusinessCalendar
+from bot.storage import balances, repo
 from bot.storage import dashboard as store
-from bot.storage import repo
+from bot.storage.balances import Account, Balance
 from bot.web.charts import Chart, Series, bar_chart
 
 __all__ = ["PAGES", "Page", "View"]
@@ -172,6 +173,92 @@ async def calendar_page(view: View) -> Page:
 _DAY = timedelta(days=1)
 
 
+# -- consumption ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRow:
+    key: str  # the page's `account` parameter: "org-<id>" or "client-<id>"
+    name: str
+    organisation: bool
+    purchased: int  # in the month
+    billed: int  # by the tickets opened in the month
+    balance: Balance  # at the end of the month
+
+
+@dataclass(frozen=True, slots=True)
+class MonthRow:
+    month: date
+    label: str
+    purchased: int
+    billed: int
+    remaining: int  # at the end of the month
+
+
+def account_key(account: Account) -> str:
+    if account.organisation_id is not None:
+        return f"org-{account.organisation_id}"
+    return f"client-{account.client_id}"
+
+
+async def consumption_page(view: View) -> Page:
+    """Per account (an organisation, or a client in none) and month: tickets bought, tickets
+    billed by the tickets opened that month, and the balance at the month's end
+    (`bot.storage.balances.monthly_consumption`, the figures of the monthly report). The
+    chart and its table are for every account together, or for the one `?account=` names;
+    the accounts' table is for `?month=` (this month by default)."""
+    tr = view.tr
+    months = view.months()
+    accounts: list[list[AccountRow]] = []
+    for month in months:
+        start, end = view.bounds([month])
+        rows = await balances.monthly_consumption(start, end)
+        accounts.append(
+            [
+                AccountRow(account_key(a), a.name, a.is_organisation, bought, billed, balance)
+                for a, bought, billed, balance in rows
+            ]
+        )
+    chosen = view.query.get("account", "")
+    names = {row.key: row.name for month in accounts for row in month}
+    if chosen not in names:
+        chosen = ""
+    totals = []
+    for month, rows in zip(months, accounts, strict=True):
+        mine = [row for row in rows if not chosen or row.key == chosen]
+        totals.append(
+            MonthRow(
+                month,
+                view.month_label(month),
+                sum(row.purchased for row in mine),
+                sum(row.billed for row in mine),
+                sum(row.balance.remaining for row in mine),
+            )
+        )
+    asked = view.query.get("month", "")
+    index = next(
+        (i for i, m in enumerate(months) if m.strftime("%Y-%m") == asked), len(months) - 1
+    )
+    chart = bar_chart(
+        tr.gettext(N_("Tickets purchased and billed per month, and the balance")),
+        [view.month_label(m.month, short=True) for m in totals],
+        [
+            Series(tr.gettext(N_("Purchased")), [m.purchased for m in totals]),
+            Series(tr.gettext(N_("Billed")), [m.billed for m in totals]),
+            Series(tr.gettext(N_("Balance at month end")), [m.remaining for m in totals]),
+        ],
+    )
+    context = {
+        "chart": chart,
+        "months": list(reversed(totals)),
+        "account": chosen,
+        "account_name": names.get(chosen),
+        "month": totals[index],
+        "accounts": accounts[index],
+    }
+    return Page("consumption.html", context, (chart,))
+
+
 # -- deadlines kept ---------------------------------------------------------------------------
 
 
@@ -228,6 +315,7 @@ _STARS = N_("{n}/5")
 PAGES: tuple[tuple[str, str, Callable[[View], Awaitable[Page]]], ...] = (
     ("queue", N_("Queue"), queue_page),
     ("calendar", N_("Calendar"), calendar_page),
+    ("consumption", N_("Consumption"), consumption_page),
     ("deadlines", N_("Deadlines kept"), deadlines_page),
     ("satisfaction", N_("Satisfaction"), satisfaction_page),
 )
