@@ -370,7 +370,7 @@ async def _form(request: web.Request) -> str | None:
     return value if isinstance(value, str) else None
 
 
-async def _login(request: web.Request) -> web.StreamResponse:
+async def _login(request: web.Request) -> web.Response:
     state = request.app[_DASHBOARD]
     token = request.match_info["token"]
     candidate = await _form(request)
@@ -388,7 +388,8 @@ async def _login(request: web.Request) -> web.StreamResponse:
     )
     if opened is None:  # used by a concurrent request in the meantime
         return _refuse(state, request, await _translator(state, request, link.staff), "used")
-    response = web.HTTPSeeOther("../queue")
+    # Relative: a reverse proxy's path prefix is kept.
+    response = web.Response(status=303, headers={"Location": "../queue"})
     response.set_cookie(
         COOKIE,
         session,
