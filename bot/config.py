@@ -129,6 +129,10 @@ class WebConfig:
     listen: str = "127.0.0.1:8080"
     public_url: str = "http://127.0.0.1:8080"
     secret: str = field(default="", metadata=SECRET)  # signs confirmation links, feed tokens
+    # The staff dashboard: how long a `!dashboard` login link may be opened (once), and how
+    # long the session it opens lasts before a new link is needed.
+    dashboard_link_minutes: int = 10
+    dashboard_session_hours: int = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -956,6 +960,8 @@ _CHECKS: Mapping[tuple[type, str], Callable[[Any], str | None]] = {
     (WebConfig, "listen"): _listen,
     (WebConfig, "public_url"): _http_url,
     (WebConfig, "secret"): _secret,
+    (WebConfig, "dashboard_link_minutes"): _between(1, 60),
+    (WebConfig, "dashboard_session_hours"): _between(1, 24),
     (MetricsConfig, "listen"): _listen,
     (MailConfig, "host"): _non_empty,
     (MailConfig, "port"): _between(1, 65535),

@@ -41,6 +41,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from tortoise.functions import Count
 
+from bot.domain.dashboard import DeadlineState, deadline_state
 from bot.domain.tickets import ACTIVE_STATUSES, Kind
 from bot.rules import BusinessCalendar
 from bot.storage.models import OutboxItem, Ticket, UndecryptedEvent
@@ -336,10 +337,9 @@ async def _read_database(
     ).values_list("sla_due", flat=True)
     at_risk = {"due_soon": 0, "overdue": 0}
     for due in dues:
-        if due < now:
-            at_risk["overdue"] += 1
-        elif warn_hours > 0 and now >= calendar.subtract_business_hours(due, warn_hours):
-            at_risk["due_soon"] += 1
+        state = deadline_state(due, None, now, calendar, warn_hours)
+        if state in (DeadlineState.OVERDUE, DeadlineState.DUE_SOON):
+            at_risk[state.value] += 1
     undecryptable = await UndecryptedEvent.all().count()
     return _database_families(outbox, undecryptable, queue, at_risk)
 

@@ -24,12 +24,15 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, time, timedelta
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import holidays
 
 from bot.i18n import N_, Msg
+
+if TYPE_CHECKING:
+    from bot.config import ServiceConfig
 
 __all__ = [
     "CALL_UNIT_MINUTES",
@@ -110,6 +113,17 @@ class BusinessCalendar:
         "timezone",
         "tz",
     )
+
+    @classmethod
+    def for_service(cls, service: ServiceConfig) -> BusinessCalendar:
+        """The calendar of the `[service]` settings (country, time zone, working hours)."""
+        return cls(
+            country=service.country,
+            timezone=service.timezone,
+            day_end=service.day_end,
+            day_start=service.day_start,
+            subdivision=service.subdivision,
+        )
 
     def __init__(
         self,

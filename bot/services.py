@@ -74,13 +74,7 @@ class Services:
         self.clock = clock
         self.metrics = metrics or Metrics()
         self.tz = ZoneInfo(config.service.timezone)
-        self.calendar = BusinessCalendar(
-            country=config.service.country,
-            timezone=config.service.timezone,
-            day_end=config.service.day_end,
-            day_start=config.service.day_start,
-            subdivision=config.service.subdivision,
-        )
+        self.calendar = BusinessCalendar.for_service(config.service)
         self.identity = Identity(config, transport, staff_room_id)
         self.http = http
         self.video = video

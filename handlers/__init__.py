@@ -21,6 +21,7 @@ MODULES = (
     "staff",
     "booking",
     "calendar",
+    "dashboard",
     "consent",
     "closing",
     "billing",

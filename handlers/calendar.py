@@ -16,7 +16,6 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
-import hashlib
 import re
 from datetime import datetime
 
@@ -25,8 +24,8 @@ from tortoise.transactions import in_transaction
 from bot.domain.slots import SlotInputError, parse_block
 from bot.i18n import N_, Msg
 from bot.routing import Context, DomainError, Router
-from bot.storage.models import Block, Booking, BotState
-from handlers.common import ACTIVE_BOOKING, invite_back, staff_private
+from bot.storage.models import Block, Booking
+from handlers.common import ACTIVE_BOOKING, staff_direct_room, staff_private
 
 router = Router("calendar")
 
@@ -168,7 +167,7 @@ async def calendar(ctx: Context) -> None:
     staff = ctx.sender.user_id
     token = await _issue_feed_token(staff, secret, ctx.now)
     url = f"{services.config.web.public_url.rstrip('/')}/calendar/{token}.ics"
-    room = await _direct_room(ctx, staff)
+    room = await staff_direct_room(ctx, staff, ctx.tr.gettext(DM_NAME))
     ctx.send(room, Msg(CALENDAR_DM, {"url": url}))
     if room != ctx.room_id:
         ctx.reply(Msg(CALENDAR_SENT))
@@ -191,26 +190,3 @@ async def _own_feed_token(staff: str, secret: str, now: datetime) -> str:  # pra
         await StaffFeed.filter(staff=staff).delete()
         await StaffFeed.create(staff=staff, token_hash=token_hash(token, secret), created_at=now)
     return token
-
-
-def _dm_key(user_id: str) -> str:
-    return "staff-dm:" + hashlib.sha256(user_id.encode()).hexdigest()[:48]
-
-
-async def _direct_room(ctx: Context, user_id: str) -> str:
-    """The bot's direct room with a staff member: the one remembered, or a new one."""
-    transport = ctx.services.transport
-    key = _dm_key(user_id)
-    state = await BotState.get_or_none(key=key)
-    if state is not None:
-        await invite_back(ctx, state.value, user_id)
-        return state.value
-    room = await transport.create_room(
-        name=ctx.tr.gettext(DM_NAME),
-        invite=[user_id],
-        is_direct=True,
-        encrypted=False,
-        key=ctx.services.room_key("staff-dm", user_id),
-    )
-    await BotState.update_or_create(defaults={"value": room}, key=key)
-    return room

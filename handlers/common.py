@@ -28,6 +28,7 @@ Decisions worth knowing (SPEC §7):
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ from bot.ports import TransportError
 from bot.routing import Context, DomainError
 from bot.storage import balances, repo
 from bot.storage.balances import Account
-from bot.storage.models import Booking, Client, Ticket
+from bot.storage.models import Booking, BotState, Client, Ticket
 from handlers.effects import FreeCall
 from handlers.mail_thread import mail_about
 
@@ -206,6 +207,27 @@ async def invite_back(ctx: Context, room_id: str, user_id: str) -> None:
             await transport.invite(room_id, user_id)
     except TransportError as error:
         log.info("re-invite to %s not done: %s", room_id, type(error).__name__)
+
+
+async def staff_direct_room(ctx: Context, user_id: str, name: str) -> str:
+    """The bot's direct room with a staff member (for what only they should read: their
+    calendar feed, their dashboard link): the one remembered in `BotState` under a hash of
+    their id, re-invited if they left, or a new one named `name`."""
+    transport = ctx.services.transport
+    key = "staff-dm:" + hashlib.sha256(user_id.encode()).hexdigest()[:48]
+    state = await BotState.get_or_none(key=key)
+    if state is not None:
+        await invite_back(ctx, state.value, user_id)
+        return state.value
+    room = await transport.create_room(
+        name=name,
+        invite=[user_id],
+        is_direct=True,
+        encrypted=False,
+        key=ctx.services.room_key("staff-dm", user_id),
+    )
+    await BotState.update_or_create(defaults={"value": room}, key=key)
+    return room
 
 
 async def staff_ticket(ctx: Context, example: str = "SP-2026-0042") -> Ticket:

@@ -2,7 +2,7 @@
 
 Run from anywhere, in the project's virtualenv::
 
-    python scripts/i18n.py extract   # bot/ and handlers/  ->  locales/messages.pot
+    python scripts/i18n.py extract   # bot/, handlers/, templates  ->  locales/messages.pot
     python scripts/i18n.py update    # messages.pot  ->  locales/{fr,en}/LC_MESSAGES/messages.po
     python scripts/i18n.py compile   # messages.po  ->  messages.mo (optional, see below)
     python scripts/i18n.py check     # exit 1 if the .pot is stale or a catalog is incomplete
@@ -61,6 +61,9 @@ from bot.i18n import (  # noqa: E402  (needs the repository root on sys.path)
 logger = logging.getLogger("i18n")
 
 SOURCE_DIRS = ("bot", "handlers")
+# The dashboard's Jinja2 templates: `_("…", name=value)` and `ngettext("…", "…", n)` in them are
+# messages too (Jinja2's own Babel extractor reads them).
+TEMPLATES = "web/templates/**.html"
 LOCALES_DIR = ROOT / "locales"
 POT_PATH = LOCALES_DIR / f"{DOMAIN}.pot"
 PROJECT = "support-bot"
@@ -211,7 +214,7 @@ def extract_catalog(root: Path = ROOT) -> Catalog:
     for directory in SOURCE_DIRS:
         results = extract_from_dir(
             root / directory,
-            method_map=[("**.py", extract_messages)],
+            method_map=[("**.py", extract_messages), (TEMPLATES, "jinja2.ext:babel_extract")],
             keywords=KEYWORDS,
             comment_tags=COMMENT_TAGS,
             strip_comment_tags=True,

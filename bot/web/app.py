@@ -11,6 +11,7 @@ Routes of the public application (`build_web_app`):
   never changes anything (mail scanners and link previews open links);
 * `POST /confirm/{token}` — the page's button (with its CSRF field): records the consent,
   then calls `on_confirmed(ticket_id)`;
+* `/dashboard/…` — the staff dashboard and its one-time login links (`bot.web.dashboard`);
 * `GET /calendar/{token}.ics` — the bookings of the staff member holding that feed token,
   moderator links included: so the holder's staff status is checked again at each fetch
   (`is_staff`), and a feed of someone no longer staff is a 404 like an unknown token. The row
@@ -71,6 +72,7 @@ from bot.i18n import N_, Catalogs, Msg, Translator, normalize_locale
 from bot.storage.models import Booking, StaffFeed, UserPref
 from bot.tokens import check_csrf, csrf_token, looks_like_token, new_token, token_hash
 from bot.web import pages
+from bot.web.dashboard import add_dashboard
 
 __all__ = [
     "Limits",
@@ -125,7 +127,7 @@ _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 5\r\n"
     b"Connection: close\r\n\r\n"
 )
-_TOKEN_IN_PATH = re.compile(r"^/(confirm|calendar)/[^/?]+")
+_TOKEN_IN_PATH = re.compile(r"^/(confirm|calendar|dashboard/login)/[^/?]+")
 
 
 class _Web:
@@ -202,6 +204,7 @@ def build_web_app(
     app.router.add_get("/confirm/{token}", _confirm_page)
     app.router.add_post("/confirm/{token}", _confirm_post)
     app.router.add_get("/calendar/{token}.ics", _calendar)
+    add_dashboard(app, config=config, catalogs=catalogs, clock=clock, is_staff=is_staff)
     return app
 
 
