@@ -17,7 +17,7 @@ import pytest
 
 from bot.events import EMAIL_ROOM
 from bot.mail import Mailer
-from bot.mailbox.imap import MailboxReader
+from bot.mailbox.reader import MailboxReader
 from bot.mailbox.raw import RawMail
 from bot.mailin import ChannelSink
 from bot.storage.models import MailMessage, Ticket, TicketNote
