@@ -21,7 +21,6 @@ from bot.matrix.runtime import ShellStats
 from bot.matrix.transport import RoomFacts
 from bot.storage.models import BotState
 from bot.testing.harness import FakeClock
-from tests.flows.test_pending_bounds import db  # noqa: F401 (its database fixture)
 
 pytestmark = pytest.mark.usefixtures("db")
 
