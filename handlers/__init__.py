@@ -25,6 +25,8 @@ MODULES = (
     "closing",
     "billing",
     "privacy",
+    "satisfaction",
+    "noshow",
 )
 
 
