@@ -26,6 +26,10 @@ Decisions worth knowing:
   keeps the current call until a new time is chosen; then, in the same savepoint as the new
   insert, the old booking is cancelled (`slot_lock` NULL, reminders deleted), so a failed swap
   changes nothing. `!unbook` cancels the call and frees its slot.
+* **Missed calls.** A booking marked as a no-show (`handlers.noshow`) stays in the history as
+  it was: `!book` then offers times as for a new call (not a move of the missed one), and
+  neither a new booking nor `!unbook` cancels it. Every staff-room message about a call is
+  tagged `call:<booking id>` and says how to mark a no-show.
 * **Rooms that gain members.** Everything for the client goes through `ClientOut`, which
   checks the ticket's room when it is loaded (`handlers.common.client_room`): once others have
   joined, the offer, the booking with its link and the `.ics` go to the client's private room,

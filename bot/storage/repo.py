@@ -359,7 +359,6 @@ def booking_to_json(booking: Booking | None, tz: tzinfo = UTC) -> dict[str, Any]
         "end": _iso(booking.end, tz),
         "provider": booking.provider,
         "staff": booking.staff,
-        "no_show_at": _iso(booking.no_show_at, tz),
     }
 
 
