@@ -14,15 +14,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
 from nio import AsyncClient, RoomRedactResponse, RoomSendResponse
 
+from bot.domain import tickets as lifecycle
 from bot.domain.tickets import Channel, Kind, Status, initial_state
+from bot.i18n import Catalogs, Msg
 from bot.storage.db import close_db, open_db
 from bot.storage.models import AuditEntry, Client, Ticket
 from bot.testing.matrix import send_text, wait_for_message
+from handlers import consent
 
 from .conftest import RunningBot, make_running_bot
 
@@ -56,12 +60,20 @@ async def early_check_bot(synapse, tmp_path) -> AsyncIterator[RunningBot]:
         yield bot
 
 
-def from_bot(bot: RunningBot, *words: str):
+def staff_text(msgid: str, **params: object) -> str:
+    """A staff-room message as the bot writes it (the staff room's language: French)."""
+    return Catalogs.load().get("fr").render(Msg(msgid, params), ZoneInfo("Europe/Paris"))
+
+
+def from_bot(bot: RunningBot, *words: str, start: str = ""):
+    """A new message (not an edit) from the bot holding `words`, beginning with `start`."""
+
     def match(event) -> bool:
         content = event.source.get("content", {})
         return (
             event.sender == bot.bot_user_id
             and "m.relates_to" not in content
+            and event.body.startswith(start)
             and all(word in event.body for word in words)
         )
 
@@ -130,7 +142,9 @@ async def test_early_check_then_one_click_on_the_bot_check_of_the_prompt(prompti
     # The early ✅: refused (the client has not consented), remembered.
     early = await react(staff, room, card)
     assert isinstance(early, RoomSendResponse), early
-    await wait_for_message(staff, room, from_bot(bot, ref, "✅"), timeout=30)
+    reason = Msg(lifecycle._WAITING_FOR_CLIENT)
+    noted = staff_text(consent._EARLY_NOTED_PROMPT, ref=ref, reason=reason)
+    await wait_for_message(staff, room, from_bot(bot, start=noted), timeout=30)
     row = await Ticket.get(id=ticket.id)
     assert row.status == Status.AWAITING_CLIENT_CONFIRMATION
     assert (row.early_confirm_by, row.early_confirm_event_id) == (staff_id, early.event_id)
@@ -142,7 +156,10 @@ async def test_early_check_then_one_click_on_the_bot_check_of_the_prompt(prompti
 
     # The client consents in their room: the staff room is asked, with the bot's own ✅.
     await send_text(client, dm, f"!confirm {ref}")
-    prompt = await wait_for_message(staff, room, from_bot(bot, ref, "!confirm"), timeout=30)
+    asked = staff_text(
+        consent._START_PROMPT_EARLY, ref=ref, tickets=consent._tickets(3), staff=staff_id
+    )
+    prompt = await wait_for_message(staff, room, from_bot(bot, start=asked), timeout=30)
     for _ in range(50):
         if (await annotations(bot, room, prompt.event_id)) == [(bot.bot_user_id, "✅")]:
             break
@@ -153,7 +170,10 @@ async def test_early_check_then_one_click_on_the_bot_check_of_the_prompt(prompti
     # One click on that ✅: Element sends the staff member's own, which the homeserver takes.
     pressed = await react(staff, room, prompt.event_id)
     assert isinstance(pressed, RoomSendResponse), pressed
-    await wait_for_message(staff, room, from_bot(bot, ref, staff_id), timeout=30)
+    started = staff_text(
+        consent._STAFF_CONFIRMED_STAFF, staff=staff_id, ref=ref, tickets=consent._tickets(3)
+    )
+    await wait_for_message(staff, room, from_bot(bot, start=started), timeout=30)
     row = await Ticket.get(id=ticket.id)
     assert (row.status, row.staff_confirmed_by, row.confirmed_tickets) == (
         Status.CONFIRMED,
@@ -162,8 +182,7 @@ async def test_early_check_then_one_click_on_the_bot_check_of_the_prompt(prompti
     )
     entry = await AuditEntry.filter(ticket_id=ticket.id, action="staff_confirmed").first()
     assert entry is not None and (entry.actor, entry.detail) == (staff_id, "prompt")
-    told = await wait_for_message(client, dm, from_bot(bot, ref), timeout=30)
-    assert "confirmed" in told.body or "3" in told.body
+    await wait_for_message(client, dm, from_bot(bot, ref, "3"), timeout=30)
 
     # Element: a click on the old ✅ still on the card removes it (a redaction). It confirmed
     # nothing, so nothing is undone; `!ticket` after it (same sender, same order) shows it.
@@ -181,10 +200,15 @@ async def test_with_confirm_on_early_check_the_early_check_confirms_at_consent(e
     client, dm, card, ticket = await estimated_card(bot, ref)
     early = await react(staff, room, card)
     assert isinstance(early, RoomSendResponse), early
-    await wait_for_message(staff, room, from_bot(bot, ref, "✅"), timeout=30)
+    reason = Msg(lifecycle._WAITING_FOR_CLIENT)
+    noted = staff_text(consent._EARLY_NOTED_AUTO, ref=ref, reason=reason)
+    await wait_for_message(staff, room, from_bot(bot, start=noted), timeout=30)
 
     await send_text(client, dm, f"!confirm {ref}")
-    await wait_for_message(staff, room, from_bot(bot, ref, staff_id), timeout=30)
+    started = staff_text(
+        consent._EARLY_CONFIRMED_STAFF, staff=staff_id, ref=ref, tickets=consent._tickets(3)
+    )
+    await wait_for_message(staff, room, from_bot(bot, start=started), timeout=30)
     row = await Ticket.get(id=ticket.id)
     assert (row.status, row.staff_confirmed_by) == (Status.CONFIRMED, staff_id)
     entry = await AuditEntry.filter(ticket_id=ticket.id, action="staff_confirmed").first()
