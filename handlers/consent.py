@@ -415,6 +415,8 @@ async def _staff_confirmed(
 async def _after_client_consent(ctx: Context, ticket: Ticket) -> None:
     """The client consented: confirm on the remembered ✅ (when the operator says so and its
     giver is still staff), else ask the staff room "start now?" with a ✅ to press."""
+    if ticket.status != Status.AWAITING_STAFF_CONFIRMATION:
+        return  # changed since the consent (e.g. ended): nothing to start
     early = ticket.early_confirm_by
     if (
         early is not None

@@ -20,6 +20,9 @@ Decisions worth knowing:
   to the client's other rating reaction on the question, else withdraws the rating.
 * **Answers go where the ticket lives**, in the client's language (`tell_client`), checked
   against the room's members like every message about a ticket.
+* **Behind a bridge** a nickname is not an identity: anyone in the Talk conversation could
+  answer for it. A rating is feedback, not a decision, and nothing stored is shown back there
+  (the thanks repeats only what was just typed), so typed ratings are taken as they come.
 """
 
 from __future__ import annotations

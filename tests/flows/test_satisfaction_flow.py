@@ -129,6 +129,18 @@ async def test_accepting_asks_once_then_a_reaction_rates_and_the_next_message_co
     assert await Conversation.filter(client_key=ALICE).exists()
 
 
+async def test_accepting_with_a_check_on_the_resolved_message_asks_too(bot):
+    ticket = await make_ticket(bot, channel=Channel.MESSAGING)
+    await bot.say(STAFF_ROOM, STAFF, f"!log {ticket.ref} 30")
+    sent = await bot.say(STAFF_ROOM, STAFF, f"!resolve {ticket.ref}")
+    [resolved] = messages(sent, DM)
+    sent = await bot.react(DM, ALICE, resolved.event_id, "✅")
+    assert (await reload(ticket)).status == Status.CLOSED
+    assert new_messages(sent, DM)[-1] == text(bot, rating._QUESTION, ref=ticket.ref)
+    # A second ✅ (a redelivery, or from another client) asks nothing more.
+    assert await bot.react(DM, ALICE, resolved.event_id, "✔️") == []
+
+
 async def test_never_asked_twice_across_a_warranty_reopening(bot):
     ticket = await make_ticket(bot, channel=Channel.MESSAGING)
     await close(bot, ticket)
