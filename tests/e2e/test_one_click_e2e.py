@@ -12,7 +12,6 @@ homeserver accepts.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
@@ -21,14 +20,14 @@ import pytest
 from nio import AsyncClient, RoomRedactResponse, RoomSendResponse
 
 from bot.domain import tickets as lifecycle
-from bot.domain.tickets import Channel, Kind, Status, initial_state
+from bot.domain.tickets import Status
 from bot.i18n import Catalogs, Msg
 from bot.storage.db import close_db, open_db
-from bot.storage.models import AuditEntry, Client, Ticket
+from bot.storage.models import AuditEntry, Ticket
 from bot.testing.matrix import send_text, wait_for_message
 from handlers import consent
 
-from .conftest import RunningBot, make_running_bot
+from .conftest import RunningBot, intervention_ticket, make_running_bot
 
 pytestmark = pytest.mark.e2e
 
@@ -60,9 +59,20 @@ async def early_check_bot(synapse, tmp_path) -> AsyncIterator[RunningBot]:
         yield bot
 
 
-def staff_text(msgid: str, **params: object) -> str:
-    """A staff-room message as the bot writes it (the staff room's language: French)."""
-    return Catalogs.load().get("fr").render(Msg(msgid, params), ZoneInfo("Europe/Paris"))
+def staff_text(msgid: str, locale: str = "fr", **params: object) -> str:
+    """A message as the bot writes it (the staff room's language: French)."""
+    return Catalogs.load().get(locale).render(Msg(msgid, params), ZoneInfo("Europe/Paris"))
+
+
+async def check_early(bot: RunningBot, ref: str, card: str, noted: str):
+    """The staff member's ✅ on the card before the client's consent, and the bot's answer
+    (`noted`, a msgid of handlers.consent); the reaction's send response."""
+    early = await react(bot.staff, bot.staff_room_id, card)
+    assert isinstance(early, RoomSendResponse), early
+    reason = Msg(lifecycle._WAITING_FOR_CLIENT)
+    answer = staff_text(noted, ref=ref, reason=reason)
+    await wait_for_message(bot.staff, bot.staff_room_id, from_bot(bot, start=answer), timeout=30)
+    return early
 
 
 def from_bot(bot: RunningBot, *words: str, start: str = ""):
@@ -108,21 +118,7 @@ async def estimated_card(bot: RunningBot, ref: str) -> tuple[AsyncClient, str, s
     staff_room = bot.staff_room_id
     await bot.wait_joined(bot.staff, staff_room)
     client, dm = await bot.new_client("alice")
-    owner, _ = await Client.get_or_create(
-        key=client.user_id, defaults={"created_at": datetime.now(UTC)}
-    )
-    ticket = await Ticket.create(
-        ref=ref,
-        kind=str(Kind.TICKET),
-        status=str(initial_state(Kind.TICKET, Channel.INTERVENTION).status),
-        category="theme",
-        channel=str(Channel.INTERVENTION),
-        client=owner,
-        room_id=dm,
-        locale="en",
-        description="Adapt the theme so that the submit button shows on phones.",
-        created_at=datetime.now(UTC),
-    )
+    ticket = await intervention_ticket(ref, client.user_id, dm, locale="en")
     await send_text(bot.staff, staff_room, f"!estimate {ref} 3h")
     card = await wait_for_message(
         bot.staff,
@@ -140,11 +136,7 @@ async def test_early_check_then_one_click_on_the_bot_check_of_the_prompt(prompti
     client, dm, card, ticket = await estimated_card(bot, ref)
 
     # The early ✅: refused (the client has not consented), remembered.
-    early = await react(staff, room, card)
-    assert isinstance(early, RoomSendResponse), early
-    reason = Msg(lifecycle._WAITING_FOR_CLIENT)
-    noted = staff_text(consent._EARLY_NOTED_PROMPT, ref=ref, reason=reason)
-    await wait_for_message(staff, room, from_bot(bot, start=noted), timeout=30)
+    early = await check_early(bot, ref, card, consent._EARLY_NOTED_PROMPT)
     row = await Ticket.get(id=ticket.id)
     assert row.status == Status.AWAITING_CLIENT_CONFIRMATION
     assert (row.early_confirm_by, row.early_confirm_event_id) == (staff_id, early.event_id)
@@ -182,14 +174,15 @@ async def test_early_check_then_one_click_on_the_bot_check_of_the_prompt(prompti
     )
     entry = await AuditEntry.filter(ticket_id=ticket.id, action="staff_confirmed").first()
     assert entry is not None and (entry.actor, entry.detail) == (staff_id, "prompt")
-    await wait_for_message(client, dm, from_bot(bot, ref, "3"), timeout=30)
+    told = staff_text(consent._STAFF_CONFIRMED_CLIENT, "en", ref=ref, tickets=consent._tickets(3))
+    await wait_for_message(client, dm, from_bot(bot, start=told), timeout=30)
 
     # Element: a click on the old ✅ still on the card removes it (a redaction). It confirmed
     # nothing, so nothing is undone; `!ticket` after it (same sender, same order) shows it.
     removed = await staff.room_redact(room, early.event_id)
     assert isinstance(removed, RoomRedactResponse), removed
     await send_text(staff, room, f"!ticket {ref}")
-    await wait_for_message(staff, room, from_bot(bot, ref), timeout=30)
+    await wait_for_message(staff, room, from_bot(bot, start=f"🎫 {ref}"), timeout=30)
     assert (await Ticket.get(id=ticket.id)).status == Status.CONFIRMED
 
 
@@ -198,11 +191,7 @@ async def test_with_confirm_on_early_check_the_early_check_confirms_at_consent(e
     staff, room, staff_id = bot.staff, bot.staff_room_id, bot.staff.user_id
     ref = "SP-2026-0952"
     client, dm, card, ticket = await estimated_card(bot, ref)
-    early = await react(staff, room, card)
-    assert isinstance(early, RoomSendResponse), early
-    reason = Msg(lifecycle._WAITING_FOR_CLIENT)
-    noted = staff_text(consent._EARLY_NOTED_AUTO, ref=ref, reason=reason)
-    await wait_for_message(staff, room, from_bot(bot, start=noted), timeout=30)
+    await check_early(bot, ref, card, consent._EARLY_NOTED_AUTO)
 
     await send_text(client, dm, f"!confirm {ref}")
     started = staff_text(
