@@ -75,6 +75,7 @@ class BookingView:
     end: datetime
     staff: str
     provider: str | None = None
+    no_show: bool = False  # the client did not join (`handlers.noshow`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +115,7 @@ class CardView:
     # The SLA watcher found the deadline missed with nobody having answered (R3).
     sla_missed: bool = False
     balance: BalanceView | None = None
+    rating: int | None = None  # the client's satisfaction, 1–5
 
     @property
     def kind(self) -> Kind:
@@ -153,7 +155,13 @@ def card_view(
 
     booking_view = None
     if booking is not None:
-        booking_view = BookingView(booking.start, booking.end, booking.staff, booking.provider)
+        booking_view = BookingView(
+            booking.start,
+            booking.end,
+            booking.staff,
+            booking.provider,
+            no_show=booking.no_show_at is not None,
+        )
     return CardView(
         ref=ticket.ref,
         state=ticket_state(ticket),
@@ -170,6 +178,7 @@ def card_view(
         converted_from=ticket.converted_from,
         sla_missed=ticket.sla_missed_at is not None and ticket.first_response_at is None,
         balance=balance,
+        rating=ticket.rating,
     )
 
 
@@ -225,6 +234,8 @@ _LOGGED = N_("Logged: {duration} · billed: {tickets}")
 _WARRANTY = N_("Warranty until {when}")
 _CALL = N_("Call: {start} – {end} with {staff}")
 _CALL_PROVIDER = N_("Call: {start} – {end} with {staff} ({provider})")
+_CALL_NO_SHOW = N_("The client did not join this call (no-show).")
+_RATING = N_("Client's rating: {stars}/5")
 _CONVERTED = N_("Converted from {ref}")
 _BALANCE_SUBJECT = N_("Prepaid balance")
 _BALANCE_SUBJECT_OF = N_("Prepaid balance of {account}")
@@ -481,8 +492,12 @@ def _facts(view: CardView, r: _Renderer) -> list[_Part]:
         if booking.provider:
             params["provider"] = booking.provider
         lines.append(r.msg(_CALL_PROVIDER if booking.provider else _CALL, params))
+        if booking.no_show:
+            lines.append(r.msg(_CALL_NO_SHOW))
     if state.warranty_until is not None and view.status is Status.CLOSED:
         lines.append(r.msg(_WARRANTY, {"when": r.when(state.warranty_until)}))
+    if view.rating is not None:
+        lines.append(r.msg(_RATING, {"stars": str(view.rating)}))
     if view.converted_from:
         lines.append(r.msg(_CONVERTED, {"ref": view.converted_from}))
     if view.balance is not None:

@@ -122,6 +122,13 @@ class ServiceConfig:
     min_notice_hours: int = 4
     slots_offered: int = 5
     reminder_offsets_minutes: tuple[int, ...] = (24 * 60, 15)
+    # A call the client did not join (staff 🚫 or !noshow) bills its ticket: 45 minutes of
+    # call time (one ticket, R5) logged by the staff member who marked it.
+    no_show_billed: bool = False
+    # A staff ✅ given on a card before the client consented is remembered; true: it confirms
+    # the intervention as soon as the client consents. False: the staff room is asked "start
+    # now?" with a ✅ to press (one click).
+    confirm_on_early_check: bool = False
 
 
 @dataclass(frozen=True, slots=True)

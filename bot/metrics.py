@@ -10,9 +10,11 @@ Three sources, so that a figure is never kept twice:
   read, failures, connected, seconds since the last look at the folder;
 * the database, read at scrape (`refresh`, awaited by the metrics listener before it
   encodes): outbox rows pending and failed, undecryptable events waiting for their keys, the
-  staff queue and the tickets at risk of missing their deadline. The database is the truth
-  for these whoever wrote the rows (handlers, background jobs, a process that crashed), and
-  each is one `COUNT … GROUP BY` or a read of the few unanswered tickets.
+  staff queue, the tickets at risk of missing their deadline, the clients' ratings (count and
+  sum, so an average; never a comment) and the calls marked as no-shows. The database is the
+  truth for these whoever wrote the rows (handlers, background jobs, a process that crashed,
+  a rating changed or withdrawn), and each is one `COUNT … GROUP BY` or a read of the few
+  unanswered tickets.
 
 Process and platform collectors (`process_*`, `python_info`) and `support_bot_build_info`
 come with every `Metrics`. No `_created` series: see `Metrics.__post_init__`.
@@ -37,13 +39,20 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
 from prometheus_client.registry import Collector
 from tortoise.functions import Count
 
 from bot.domain.dashboard import DeadlineState, deadline_state
+from bot.domain.rating import RATING_MAX, RATING_MIN
 from bot.domain.tickets import ACTIVE_STATUSES, Kind
 from bot.rules import BusinessCalendar
+from bot.storage import satisfaction
 from bot.storage.models import OutboxItem, Ticket, UndecryptedEvent
 from bot.version import version
 
@@ -227,7 +236,7 @@ class _DatabaseFigures(Collector):
 
     def describe(self) -> Iterable[Metric]:
         # Names only: the registry refuses a second collector publishing the same ones.
-        return _database_families({}, 0, {}, {})
+        return _database_families({}, 0, {}, {}, {}, 0)
 
 
 class _SyncCollector(Collector):
@@ -341,7 +350,9 @@ async def _read_database(
         if state in (DeadlineState.OVERDUE, DeadlineState.DUE_SOON):
             at_risk[state.value] += 1
     undecryptable = await UndecryptedEvent.all().count()
-    return _database_families(outbox, undecryptable, queue, at_risk)
+    ratings = await satisfaction.rating_counts()
+    no_shows = await satisfaction.no_show_count()
+    return _database_families(outbox, undecryptable, queue, at_risk, ratings, no_shows)
 
 
 def _database_families(
@@ -349,6 +360,8 @@ def _database_families(
     undecryptable: int,
     queue: dict[str, int],
     at_risk: dict[str, int],
+    ratings: dict[int, int],
+    no_shows: int,
 ) -> list[Metric]:
     items = GaugeMetricFamily(
         "support_bot_outbox_items",
@@ -379,4 +392,23 @@ def _database_families(
     )
     for state in ("due_soon", "overdue"):
         risk.add_metric([state], at_risk.get(state, 0))
-    return [items, waiting, tickets, risk]
+    rated = SummaryMetricFamily(
+        "support_bot_rating",
+        "Clients' ratings of their closed tickets (1 to 5): count and sum; the average is "
+        "sum / count",
+        count_value=sum(ratings.values()),
+        sum_value=float(sum(stars * n for stars, n in ratings.items())),
+    )
+    by_stars = GaugeMetricFamily(
+        "support_bot_ratings",
+        "Tickets rated, by the rating given (1 to 5)",
+        labels=["stars"],
+    )
+    for stars in range(RATING_MIN, RATING_MAX + 1):
+        by_stars.add_metric([str(stars)], ratings.get(stars, 0))
+    missed = GaugeMetricFamily(
+        "support_bot_no_shows",
+        "Booked calls the client did not join, as marked by staff (a reaction or !noshow)",
+        value=no_shows,
+    )
+    return [items, waiting, tickets, risk, rated, by_stars, missed]

@@ -61,6 +61,7 @@ class Situation(StrEnum):
     NOT_A_CLIENT = "not_a_client"  # a bridge account speaking in its own name
     INTAKE = "intake"  # answering the questions of a running intake
     SLOT_CHOICE = "slot_choice"  # a slot number while an offer waits for one
+    RATING = "rating"  # a rating (or its comment) while the client's rating question waits
     IDLE = "idle"  # nothing running: a new request
 
 

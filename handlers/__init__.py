@@ -28,6 +28,8 @@ MODULES = (
     "privacy",
     "mail",
     "orgs",
+    "satisfaction",
+    "noshow",
 )
 
 

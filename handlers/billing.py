@@ -5,29 +5,42 @@ Staff only. `!log` records a `TimeLog` row and moves the ticket's logged minutes
 its warranty bills nothing. When logged time starts a new ticket, the staff room is warned and
 the client is told, with the rule of their channel (each started hour, or 45 minutes for
 calls). `!report` shows, in the staff room only, a month's requests per client with what they
-bill as of today, then the prepaid tickets per organisation (`bot.storage.balances
-.monthly_report`: bought in the month, billed, balance at its end), as aligned plain text and
-HTML tables. What a change of billing does to a prepaid balance (cards redrawn, warnings) is
-`handlers.common.change`'s.
+bill as of today, their ratings (count and average) and missed calls, then the prepaid
+tickets per organisation (`bot.storage.balances.monthly_report`: bought in the month, billed,
+balance at its end), as aligned plain text and HTML tables. What a change of billing does to a
+prepaid balance (cards redrawn, warnings) is `handlers.common.change`'s. `LogTime` is `!log`'s
+work for other modules (a billed no-show).
 """
 
 from __future__ import annotations
 
 import html
 import re
+from collections.abc import Callable
 from typing import Any
+
+from babel.numbers import format_decimal
 
 from bot import rules
 from bot.cards import defuse
 from bot.domain import tickets as lifecycle
 from bot.domain.balance import signed
 from bot.domain.tickets import Channel, Refusal
-from bot.i18n import N_, NP_, Msg
+from bot.i18n import N_, NP_, Msg, Translator
 from bot.routing import Context, DomainError, Router
 from bot.storage import balances, repo
-from bot.storage.models import TimeLog
-from handlers.common import bad_duration, change, locked_staff_ticket, rest_of_args, tell_client
+from bot.storage.models import Ticket, TimeLog
+from bot.storage.satisfaction import average
+from handlers.common import (
+    bad_duration,
+    change,
+    locked,
+    locked_staff_ticket,
+    rest_of_args,
+    tell_client,
+)
 from handlers.common import tickets_msg as _tickets
+from handlers.effects import LogTime
 
 __all__ = ["router"]
 
@@ -62,6 +75,9 @@ _COL_PHONE = N_("Phone")
 _COL_INTERVENTION = N_("Intervention")
 _COL_QUESTIONS = N_("Questions")
 _COL_QUOTES = N_("Quotes")
+_COL_RATINGS = N_("Ratings")
+_COL_RATING_AVERAGE = N_("Avg. rating")
+_COL_NO_SHOWS = N_("No-shows")
 _TOTAL = N_("Total")
 _BALANCES_TITLE = N_(
     "Prepaid tickets per organisation, {month} (bought in the month, billed by the requests "
@@ -105,10 +121,27 @@ async def log_time(ctx: Context) -> None:
         minutes, note = _split_duration(rest_of_args(ctx.args))
     except rules.DurationError as error:
         raise bad_duration(ctx, ticket.ref, error.msg, "1h20") from None
+    await _log(ctx, ticket, minutes, note, ctx.sender.user_id, ctx.reply)
+
+
+@router.effect(LogTime)
+async def on_log_time(ctx: Context, effect: LogTime) -> None:
+    """Time logged for another module (a billed no-show): told in the staff room."""
+    ticket = await locked(effect.ticket_id)
+    await _log(ctx, ticket, effect.minutes, effect.note, effect.staff, ctx.send_staff)
+
+
+async def _log(
+    ctx: Context,
+    ticket: Ticket,
+    minutes: int,
+    note: str | None,
+    staff: str,
+    tell_staff: Callable[[Msg], None],
+) -> None:
     result = lifecycle.log_time(repo.ticket_state(ticket), minutes, ctx.now)
     if isinstance(result, Refusal):
         raise DomainError(result.msg)
-    staff = ctx.sender.user_id
     await TimeLog.create(ticket_id=ticket.id, staff=staff, minutes=minutes, note=note, at=ctx.now)
     detail = f"minutes={minutes}" + (" warranty" if result.under_warranty else "")
     state = await change(ctx, ticket, result.state, action="log", detail=detail, actor=staff)
@@ -119,9 +152,9 @@ async def log_time(ctx: Context) -> None:
         "tickets": _tickets(result.tickets_after),
     }
     if result.under_warranty:
-        ctx.reply(Msg(_LOGGED_WARRANTY_STAFF, params))
+        tell_staff(Msg(_LOGGED_WARRANTY_STAFF, params))
         return
-    ctx.reply(Msg(_LOGGED_STAFF, params))
+    tell_staff(Msg(_LOGGED_STAFF, params))
     if result.crossed_ticket:
         ctx.send_staff(Msg(_CROSSED_STAFF, params))
         unit = lifecycle.billing_unit_minutes(state.channel)
@@ -145,6 +178,9 @@ _REPORT_COLUMNS: tuple[tuple[str, str], ...] = (
     (f"minutes_{Channel.INTERVENTION}", _COL_INTERVENTION),
     ("questions", _COL_QUESTIONS),
     ("quotes", _COL_QUOTES),
+    ("ratings", _COL_RATINGS),
+    ("rating_average", _COL_RATING_AVERAGE),
+    ("no_shows", _COL_NO_SHOWS),
 )
 _BALANCE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("purchased", _COL_PURCHASED),
@@ -157,8 +193,8 @@ _BALANCE_COLUMNS: tuple[tuple[str, str], ...] = (
     "report",
     "rapport",
     help=N_(
-        "Monthly report: requests, billed tickets and time per client; prepaid tickets per "
-        "organisation."
+        "Monthly report: requests, billed tickets, time, ratings and no-shows per client; "
+        "prepaid tickets per organisation."
     ),
     usage="2026-11",
     staff=True,
@@ -188,11 +224,15 @@ async def report(ctx: Context) -> None:
     ctx.reply(plain, html_body=body_html)
 
 
-def _cell(column: str, value: int) -> str:
+def _cell(column: str, value: Any, tr: Translator) -> str:
+    if value is None:
+        return "–"  # an average of nothing
     if column.startswith("minutes_"):
         return rules.format_duration(value) if value else "0"
     if column == "balance":
         return signed(value)
+    if isinstance(value, float):
+        return format_decimal(value, "0.0#", locale=tr.babel_locale)
     return str(value)
 
 
@@ -232,12 +272,18 @@ def _table(
     tr = ctx.tr
     header = [tr.gettext(first), *(tr.gettext(title) for _, title in columns)]
     body: list[list[str]] = []
-    totals = dict.fromkeys((column for column, _ in columns), 0)
+    shown = [column for column, _ in columns]
+    summed = [column for column in shown if column != "rating_average"]
+    if "rating_average" in shown:  # an average of the month: from the sums, not of averages
+        summed += [column for column in ("ratings", "rating_sum") if column not in summed]
+    totals: dict[str, Any] = dict.fromkeys(summed, 0)
     for name, row in zip(names, rows, strict=True):
-        body.append([defuse(name), *(_cell(column, int(row[column])) for column, _ in columns)])
+        body.append([defuse(name), *(_cell(column, row[column], tr) for column in shown)])
         for column in totals:
-            totals[column] += int(row[column])
-    total = [tr.gettext(_TOTAL), *(_cell(column, value) for column, value in totals.items())]
+            totals[column] += int(row[column] or 0)
+    if "rating_average" in shown:
+        totals["rating_average"] = average(totals["rating_sum"], totals["ratings"])
+    total = [tr.gettext(_TOTAL), *(_cell(column, totals[column], tr) for column in shown)]
     table = [header, *body, total]
     widths = [max(_width(line[i]) for line in table) for i in range(len(header))]
 

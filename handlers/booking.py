@@ -26,6 +26,10 @@ Decisions worth knowing:
   keeps the current call until a new time is chosen; then, in the same savepoint as the new
   insert, the old booking is cancelled (`slot_lock` NULL, reminders deleted), so a failed swap
   changes nothing. `!unbook` cancels the call and frees its slot.
+* **Missed calls.** A booking marked as a no-show (`handlers.noshow`) stays in the history as
+  it was: `!book` then offers times as for a new call (not a move of the missed one), and
+  neither a new booking nor `!unbook` cancels it. Every staff-room message about a call is
+  tagged `call:<booking id>` and says how to mark a no-show.
 * **Rooms that gain members.** Everything for the client goes through `ClientOut`, which
   checks the ticket's room when it is loaded (`handlers.common.client_room`): once others have
   joined, the offer, the booking with its link and the `.ics` go to the client's private room,
@@ -63,6 +67,7 @@ from handlers.meetings import (
     send_invitation,
     send_reminders,
     staff_time,
+    tell_staff_about_call,
 )
 from handlers.state import offer_chosen_from
 
@@ -211,6 +216,8 @@ async def offer_slots(ctx: Context, ticket: Ticket) -> None:
     config = services.config.service
     out = await ClientOut.load(ctx, ticket)
     current = await repo.active_booking(ticket)
+    if current is not None and current.no_show_at is not None:
+        current = None  # missed: a new time is a new call, not a move of that one
     rebooking = current is not None or await Booking.filter(ticket_id=ticket.id).exists()
     received = ctx.now if rebooking else ticket.created_at
     window_end = services.calendar.deadline(received, R4_BUSINESS_DAYS)
@@ -382,8 +389,11 @@ async def _refuse_and_reoffer(ctx: Context, ticket: Ticket, text: str) -> None:
 
 
 async def _cancel_active(ticket: Ticket) -> list[Booking]:
-    """Cancel the ticket's active bookings (frees their slots, drops their reminders)."""
-    bookings = list(await Booking.filter(ticket_id=ticket.id, status=ACTIVE_BOOKING))
+    """Cancel the ticket's active bookings (frees their slots, drops their reminders); a call
+    the client missed stays as it was (`handlers.noshow`)."""
+    bookings = list(
+        await Booking.filter(ticket_id=ticket.id, status=ACTIVE_BOOKING, no_show_at=None)
+    )
     for booking in bookings:
         booking.status = CANCELLED
         booking.slot_lock = None
@@ -424,12 +434,13 @@ async def _after_booking(
         "staff": booking.staff,
     }
     if booking.staff_url is None:
-        ctx.send_staff(Msg(BOOKED_STAFF_NO_LINK, {**staff_params, "error": error or "?"}))
+        staff_msg = Msg(BOOKED_STAFF_NO_LINK, {**staff_params, "error": error or "?"})
     elif replaced:
         old = _staff_when(ctx, replaced[-1].start)
-        ctx.send_staff(Msg(MOVED_STAFF, {**staff_params, "old": old, "link": booking.staff_url}))
+        staff_msg = Msg(MOVED_STAFF, {**staff_params, "old": old, "link": booking.staff_url})
     else:
-        ctx.send_staff(Msg(BOOKED_STAFF, {**staff_params, "link": booking.staff_url}))
+        staff_msg = Msg(BOOKED_STAFF, {**staff_params, "link": booking.staff_url})
+    tell_staff_about_call(ctx, staff_msg, ticket, booking)
 
     detail = f"{booking.start.astimezone(UTC).isoformat()} {booking.staff}"
     if replaced:
@@ -478,7 +489,7 @@ async def unbook(ctx: Context) -> None:
     staff_side = ctx.is_staff and ctx.in_staff_room
     ticket = await (staff_ticket(ctx) if staff_side else client_ticket(ctx))
     booking = await repo.active_booking(ticket)
-    if booking is None:
+    if booking is None or booking.no_show_at is not None:  # a missed call is not cancelled
         raise DomainError(Msg(NO_BOOKING, {"ref": ticket.ref}))
     room_id = ticket.room_id  # before telling the client: a room that gained members moves it
     await cancel_call(ctx, ticket, actor=ctx.sender.key)

@@ -15,6 +15,9 @@ Decisions worth knowing:
   commands instead (SPEC §9).
 * The staff reason of `!unsolvable` stays internal (audit, quote request card); the reason of
   `!refuse-warranty` is told to the client (R13).
+* A ticket that closes (acceptance, or a warranty rework closed by staff) emits `AskRating`:
+  `handlers.satisfaction` asks its client to rate it, once. Its failure never undoes the
+  closing (a savepoint).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from handlers.common import (
     tell_client,
 )
 from handlers.common import tickets_msg as _tickets
+from handlers.effects import AskRating
 
 __all__ = ["router"]
 
@@ -196,12 +200,13 @@ async def _accept(ctx: Context, ticket: Ticket) -> None:
     if state.warranty_until is None:
         await tell_client(ctx, ticket, Msg(_ACCEPTED_CLIENT_NO_WARRANTY, {"ref": ticket.ref}))
         ctx.send_staff(Msg(_ACCEPTED_STAFF_NO_WARRANTY, {"ref": ticket.ref}))
-        return
-    until = state.warranty_until
-    await tell_client(
-        ctx, ticket, Msg(_ACCEPTED_CLIENT, {"ref": ticket.ref, "warranty_until": until})
-    )
-    ctx.send_staff(Msg(_ACCEPTED_STAFF, {"ref": ticket.ref, "when": until}))
+    else:
+        until = state.warranty_until
+        await tell_client(
+            ctx, ticket, Msg(_ACCEPTED_CLIENT, {"ref": ticket.ref, "warranty_until": until})
+        )
+        ctx.send_staff(Msg(_ACCEPTED_STAFF, {"ref": ticket.ref, "when": until}))
+    await ctx.try_emit(AskRating(ticket.id))
 
 
 @router.reaction(*CONFIRM_KEYS)
@@ -301,6 +306,7 @@ async def refuse_warranty(ctx: Context) -> None:
     await tell_client(
         ctx, ticket, Msg(_WARRANTY_REFUSED_CLIENT, {"ref": ticket.ref, "reason": reason})
     )
+    await ctx.try_emit(AskRating(ticket.id))
 
 
 # -- unsolvable ---------------------------------------------------------------------------------

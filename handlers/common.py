@@ -52,13 +52,13 @@ from bot.domain.tickets import (
     initial_state,
     sla_business_days,
 )
-from bot.events import EMAIL_ROOM
+from bot.events import EMAIL_ROOM, IncomingReaction
 from bot.i18n import N_, NP_, Msg, Translator
 from bot.ports import TransportError
 from bot.routing import Context, DomainError
 from bot.storage import balances, repo
 from bot.storage.balances import Account
-from bot.storage.models import Booking, BotState, Client, Ticket
+from bot.storage.models import Booking, BotState, Client, Reaction, Ticket
 from handlers.effects import FreeCall
 from handlers.mail_thread import mail_about
 
@@ -374,6 +374,21 @@ async def locked_client_ticket(ctx: Context, statuses: frozenset[Status]) -> Tic
     if len(candidates) == 1:
         return await locked(candidates[0].id)
     raise DomainError(Msg(NEED_REF, {"command": ctx.command, "example": "SP-2026-0042"}))
+
+
+async def remember_reaction(ctx: Context, event: IncomingReaction) -> None:
+    """Keep a reaction the bot acted on as a `Reaction` row, so that its redaction (even
+    after a restart) finds what it pointed at and who gave it."""
+    await Reaction.update_or_create(
+        defaults={
+            "room_id": event.room_id,
+            "target_event_id": event.target_event_id,
+            "sender": ctx.sender.user_id,
+            "key": event.key,
+            "at": ctx.now,
+        },
+        event_id=event.event_id,
+    )
 
 
 async def card_ticket(ctx: Context, target: str) -> Ticket | None:

@@ -19,6 +19,20 @@ Decisions worth knowing:
 * A ✅ the bot acted on is stored as a `Reaction` row, so its redaction after a restart still
   finds the card. Only its removal in the staff room by someone who is staff at that moment
   (the reactor or another member) counts, and only while the confirmation is still theirs.
+* **One click once the client consents** (issue #16 §4). A staff ✅ on a card that waits for
+  the client's consent is refused (R7) but remembered (`Ticket.early_confirm_by`,
+  `early_confirm_event_id`, and its `Reaction` row); removing it forgets it. When the client
+  consents (chat `!confirm`, or the web page through `on_client_confirmed`):
+  - by default the staff room gets a "start now?" message (tagged `start:<ticket id>`, so its
+    event id is `Ticket.start_prompt_event_id`) carrying the bot's own ✅: pressing it adds the
+    staff member's ✅, a different sender's, which the homeserver accepts — whereas the early
+    ✅ still on the card would be toggled off by Element's first click. The card's ✅ and the
+    typed `!confirm REF` in the staff room work as well;
+  - with `service.confirm_on_early_check = true`, the remembered ✅ confirms at once, in the
+    name of who gave it (if they are still staff; else the prompt is posted).
+  Either way `staff_confirmed_by` and the audit entry (`staff_confirmed`, detail `reaction`,
+  `prompt`, `command` or `early`) say who confirmed and how. Once confirmed, an early ✅ that
+  did not do it is forgotten: removing it later undoes nothing.
 """
 
 from __future__ import annotations
@@ -49,6 +63,7 @@ from handlers.common import (
     locked_staff_ticket,
     refresh_card,
     refuse_if_bridged,
+    remember_reaction,
     rest_of_args,
     tell_client,
 )
@@ -58,6 +73,9 @@ if TYPE_CHECKING:
     from bot.services import Services
 
 __all__ = ["on_client_confirmed", "router"]
+
+#: The tag of the staff-room "start now?" prompt (its event id: `Ticket.start_prompt_event_id`).
+START_TAG = "start:"
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +136,14 @@ _CLIENT_CONFIRMED_THANKS = N_(
     "Thank you for confirming intervention {ref}. The support team has been told and will "
     "start it."
 )
-_CLIENT_CONFIRMED_STAFF = N_("The client confirmed {ref}: react ✅ on its card to start.")
+_START_PROMPT = N_(
+    "The client confirmed {ref} ({tickets}). Start now? Press ✅ on this message (or type "
+    "!confirm {ref})."
+)
+_START_PROMPT_EARLY = N_(
+    "The client confirmed {ref} ({tickets}); {staff} reacted ✅ on its card before that. Start "
+    "now? Press ✅ on this message (or type !confirm {ref})."
+)
 
 # ✅ on cards
 _CONFIRM_REFUSED = N_("✅ on {ref} refused: {reason}")
@@ -130,6 +155,19 @@ _UNCONFIRMED_STAFF = N_(
     "{staff} withdrew the confirmation of {ref}: it waits for a ✅ on its card again."
 )
 _UNCONFIRM_KEPT_STAFF = N_("The confirmation of {ref} stays: {reason}")
+_EARLY_NOTED_PROMPT = N_(
+    "✅ on {ref} refused for now: {reason} Noted: once the client confirms, I will ask here "
+    "whether to start, with a ✅ to press once."
+)
+_EARLY_NOTED_AUTO = N_(
+    "✅ on {ref} refused for now: {reason} Noted: once the client confirms, your ✅ confirms "
+    "it at once (remove it to cancel that)."
+)
+_EARLY_CONFIRMED_STAFF = N_(
+    "The client confirmed {ref}: the ✅ {staff} gave before confirms it for {tickets}; the "
+    "work may start."
+)
+_EARLY_FORGOTTEN_STAFF = N_("{staff} removed their early ✅ on {ref}: it will confirm nothing.")
 
 # an estimate above the prepaid balance
 _OVER_BALANCE_STAFF = N_(
@@ -283,10 +321,16 @@ _CONFIRMABLE = frozenset({Status.AWAITING_CLIENT_CONFIRMATION})
 @router.command(
     "confirm",
     "confirmer",
-    help=N_("Confirm an intervention estimated at more than two tickets."),
+    help=N_(
+        "Confirm an intervention estimated at more than two tickets (in the staff room: "
+        "start it, as ✅ on its card does)."
+    ),
     usage="SP-…",
 )
 async def confirm(ctx: Context) -> None:
+    if ctx.is_staff and ctx.in_staff_room:
+        await _confirm_by_command(ctx)
+        return
     ticket = await locked_client_ticket(ctx, _CONFIRMABLE)
     # A nickname cannot give a client's consent to be billed. Refused after the lookup, so that
     # someone else's reference still answers exactly like one that does not exist.
@@ -297,7 +341,7 @@ async def confirm(ctx: Context) -> None:
         return
     await change(ctx, ticket, decision, action=AUDIT_ACTION, detail="chat", actor=ctx.sender.key)
     ctx.reply(Msg(_CLIENT_CONFIRMED_THANKS, {"ref": ticket.ref}))
-    ctx.send_staff(Msg(_CLIENT_CONFIRMED_STAFF, {"ref": ticket.ref}))
+    await _after_client_consent(ctx, ticket)
 
 
 async def on_client_confirmed(services: Services, ticket_id: int) -> None:
@@ -316,10 +360,10 @@ async def on_client_confirmed(services: Services, ticket_id: int) -> None:
         return
 
     async def announce(ctx: Context) -> None:
-        current = await Ticket.get(id=ticket_id)
+        current = await locked(ticket_id)
         await refresh_card(ctx, current)
-        ctx.send_staff(Msg(_CLIENT_CONFIRMED_STAFF, {"ref": current.ref}))
         await tell_client(ctx, current, Msg(_CLIENT_CONFIRMED_THANKS, {"ref": current.ref}))
+        await _after_client_consent(ctx, current)
 
     await dispatcher.run_job(
         f"client-confirmed:{ticket_id}:{entry.id}",
@@ -334,34 +378,119 @@ async def on_client_confirmed(services: Services, ticket_id: int) -> None:
 
 @router.reaction(*CONFIRM_KEYS)
 async def on_check(ctx: Context) -> None:
-    """A staff ✅ on a card (elsewhere, a ✅ is the client's: `handlers.closing`)."""
+    """A staff ✅ on a card or on a "start now?" prompt (elsewhere, a ✅ is the client's:
+    `handlers.closing`)."""
     event = ctx.event
     assert isinstance(event, IncomingReaction)
     if not ctx.in_staff_room:
         return
     ticket = await card_ticket(ctx, event.target_event_id)
+    on_card = ticket is not None
+    if ticket is None:
+        ticket = await _prompt_ticket(ctx, event.target_event_id)
     if ticket is None:
         return
     staff = ctx.sender.user_id
     result = lifecycle.staff_confirm(repo.ticket_state(ticket), staff, ctx.now)
     if isinstance(result, Refusal):
+        if on_card and ticket.status == Status.AWAITING_CLIENT_CONFIRMATION:
+            await _remember_early(ctx, ticket, event, result)
+            return
         raise DomainError(Msg(_CONFIRM_REFUSED, {"ref": ticket.ref, "reason": result.msg}))
-    state = await change(ctx, ticket, result, action="staff_confirmed", actor=staff)
-    await Reaction.update_or_create(
-        defaults={
-            "room_id": event.room_id,
-            "target_event_id": event.target_event_id,
-            "sender": staff,
-            "key": event.key,
-            "at": ctx.now,
-        },
-        event_id=event.event_id,
-    )
+    await remember_reaction(ctx, event)
+    how = "reaction" if on_card else "prompt"
+    await _staff_confirmed(ctx, ticket, result, staff, how, by_reaction=event.event_id)
+
+
+async def _confirm_by_command(ctx: Context) -> None:
+    """`!confirm REF` in the staff room: the typed ✅ (refused before the client's consent,
+    and not remembered: there is no reaction to take back)."""
+    ticket = await locked_staff_ticket(ctx)
+    staff = ctx.sender.user_id
+    result = lifecycle.staff_confirm(repo.ticket_state(ticket), staff, ctx.now)
+    if isinstance(result, Refusal):
+        raise DomainError(Msg(_CONFIRM_REFUSED, {"ref": ticket.ref, "reason": result.msg}))
+    await _staff_confirmed(ctx, ticket, result, staff, "command")
+
+
+async def _prompt_ticket(ctx: Context, target: str) -> Ticket | None:
+    """The ticket whose "start now?" prompt is `target`, locked, for staff in the staff room."""
+    if not ctx.in_staff_room or not ctx.is_staff:
+        return None
+    found = await Ticket.get_or_none(start_prompt_event_id=target)
+    return None if found is None else await locked(found.id)
+
+
+async def _remember_early(
+    ctx: Context, ticket: Ticket, event: IncomingReaction, refusal: Refusal
+) -> None:
+    """A ✅ before the client's consent: refused (R7), kept for when they consent."""
+    ticket.early_confirm_by = ctx.sender.user_id
+    ticket.early_confirm_event_id = event.event_id
+    await ticket.save(update_fields=["early_confirm_by", "early_confirm_event_id"])
+    await remember_reaction(ctx, event)
+    noted = _EARLY_NOTED_AUTO if _confirms_on_early_check(ctx) else _EARLY_NOTED_PROMPT
+    ctx.reply(Msg(noted, {"ref": ticket.ref, "reason": refusal.msg}))
+
+
+def _confirms_on_early_check(ctx: Context) -> bool:
+    return ctx.services.config.service.confirm_on_early_check
+
+
+async def _staff_confirmed(
+    ctx: Context,
+    ticket: Ticket,
+    result: TicketState,
+    staff: str,
+    how: str,
+    *,
+    by_reaction: str | None = None,
+) -> None:
+    """Record the confirmation (who, how), forget the other ✅ on the card and the prompt,
+    tell the staff room and the client. `by_reaction`: the ✅ that confirmed, if one did."""
+    state = await change(ctx, ticket, result, action="staff_confirmed", detail=how, actor=staff)
+    # The ✅ that did not confirm (refused early ones, an earlier round's) mean nothing now:
+    # taking one of them off later must not undo this confirmation.
+    targets = [t for t in (ticket.card_event_id, ticket.start_prompt_event_id) if t]
+    for row in await Reaction.filter(target_event_id__in=targets):
+        if _is_confirm_key(row.key) and row.event_id != by_reaction:
+            await row.delete()
+    if ticket.early_confirm_event_id is not None:
+        ticket.early_confirm_by = ticket.early_confirm_event_id = None
+        await ticket.save(update_fields=["early_confirm_by", "early_confirm_event_id"])
     tickets = _tickets(state.confirmed_tickets or 0)
-    ctx.reply(Msg(_STAFF_CONFIRMED_STAFF, {"staff": staff, "ref": ticket.ref, "tickets": tickets}))
+    params = {"staff": staff, "ref": ticket.ref, "tickets": tickets}
+    tell_staff = ctx.reply if ctx.in_staff_room else ctx.send_staff
+    tell_staff(Msg(_EARLY_CONFIRMED_STAFF if how == "early" else _STAFF_CONFIRMED_STAFF, params))
     await tell_client(
         ctx, ticket, Msg(_STAFF_CONFIRMED_CLIENT, {"ref": ticket.ref, "tickets": tickets})
     )
+
+
+async def _after_client_consent(ctx: Context, ticket: Ticket) -> None:
+    """The client consented: confirm on the remembered ✅ (when the operator says so and its
+    giver is still staff), else ask the staff room "start now?" with a ✅ to press."""
+    if ticket.status != Status.AWAITING_STAFF_CONFIRMATION:
+        return  # changed since the consent (e.g. ended): nothing to start
+    early = ticket.early_confirm_by
+    if (
+        early is not None
+        and _confirms_on_early_check(ctx)
+        and ctx.services.identity.is_staff_user(early)
+    ):
+        result = lifecycle.staff_confirm(repo.ticket_state(ticket), early, ctx.now)
+        if not isinstance(result, Refusal):
+            check = ticket.early_confirm_event_id
+            await _staff_confirmed(ctx, ticket, result, early, "early", by_reaction=check)
+            return
+    room = ctx.services.staff_room_id()
+    if room is None:
+        return
+    n = rules.tickets_for(ticket.estimate_minutes or 0)
+    params = {"ref": ticket.ref, "tickets": _tickets(n), "staff": early or ""}
+    tag = f"{START_TAG}{ticket.id}"
+    ctx.send_staff(Msg(_START_PROMPT_EARLY if early else _START_PROMPT, params), on_sent=tag)
+    ctx.react(room, tag, CONFIRM_KEYS[0])  # the ✅ to press: one click adds the staff's own
 
 
 def _is_confirm_key(key: str) -> bool:
@@ -383,8 +512,15 @@ async def on_redaction(ctx: Context) -> None:
     await reaction.delete()
     found = await Ticket.get_or_none(card_event_id=reaction.target_event_id)
     if found is None:
+        found = await Ticket.get_or_none(start_prompt_event_id=reaction.target_event_id)
+    if found is None:
         return
     ticket = await locked(found.id)
+    if ticket.early_confirm_event_id == reaction.event_id:
+        ticket.early_confirm_by = ticket.early_confirm_event_id = None
+        await ticket.save(update_fields=["early_confirm_by", "early_confirm_event_id"])
+        ctx.send_staff(Msg(_EARLY_FORGOTTEN_STAFF, {"staff": event.sender, "ref": ticket.ref}))
+        return
     if ticket.staff_confirmed_by != reaction.sender:
         return  # confirmed again since, by someone else's ✅: that one stands
     result = lifecycle.staff_unconfirm(repo.ticket_state(ticket))

@@ -1,8 +1,9 @@
 """Work one handler module asks of another, as values.
 
 Handler modules never import each other: the intake emits `OfferSlots` after opening a call
-ticket, a lifecycle change emits `FreeCall` when its ticket no longer needs its call, and the
-module that owns that work registers for the value's type (`router.effect(OfferSlots)`).
+ticket, a lifecycle change emits `FreeCall` when its ticket no longer needs its call, a closing
+emits `AskRating`, a billed no-show emits `LogTime`, and the module that owns that work
+registers for the value's type (`router.effect(OfferSlots)`).
 """
 
 from __future__ import annotations
@@ -31,3 +32,20 @@ class RequestOpened:
 
     ticket_id: int
     first_request: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AskRating:
+    """The ticket closed: ask its client to rate it, unless that was done before."""
+
+    ticket_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogTime:
+    """Log `minutes` of staff time on a ticket, as `!log` does (what it bills, warnings)."""
+
+    ticket_id: int
+    minutes: int
+    staff: str
+    note: str | None = None

@@ -92,6 +92,11 @@ REMIND_STAFF_NO_LINK = N_("⏰ {ref}: call at {time} with {staff}, but it has no
 PREPARE_FAILED = N_(
     "⚠️ {ref}: the meeting of {when} could not be prepared ({error}). Check the video service."
 )
+NO_SHOW_HINT = N_("If the client does not join: react 🚫 to this message, or !noshow {ref}.")
+
+#: The tag of a call's staff-room messages: the latest one's event id is
+#: `Booking.staff_event_id`, and a 🚫 on any of them marks a no-show (`handlers.noshow`).
+CALL_TAG = "call:"
 
 
 # --- a ticket's call, shared with the booking side -------------------------------------------
@@ -113,6 +118,15 @@ def is_bookable(ticket: Ticket) -> bool:
 
 def staff_time(ctx: Context, moment: datetime) -> str:
     return ctx.services.staff_tr().format_time(moment, ctx.tz)
+
+
+def tell_staff_about_call(ctx: Context, msg: Msg, ticket: Ticket, booking: Booking) -> None:
+    """A staff-room message about a booked call, with how to mark a no-show, tagged so that
+    a 🚫 on it finds the call."""
+    tr = ctx.services.staff_tr()
+    hint = Msg(NO_SHOW_HINT, {"ref": ticket.ref})
+    text = f"{ctx.render(msg, tr)} {ctx.render(hint, tr)}"
+    ctx.send_staff(text, on_sent=f"{CALL_TAG}{booking.id}")
 
 
 class ClientOut:
@@ -375,9 +389,10 @@ async def _send_reminder(
         "staff": booking.staff,
     }
     if booking.staff_url:
-        ctx.send_staff(Msg(REMIND_STAFF, {**staff_params, "link": booking.staff_url}))
+        reminder = Msg(REMIND_STAFF, {**staff_params, "link": booking.staff_url})
     else:
-        ctx.send_staff(Msg(REMIND_STAFF_NO_LINK, staff_params))
+        reminder = Msg(REMIND_STAFF_NO_LINK, staff_params)
+    tell_staff_about_call(ctx, reminder, ticket, booking)
     meeting = meeting_of(booking, ticket, services.config.service.slot_minutes)
     video = services.video
     if meeting is None or video is None or video.name != meeting.provider:

@@ -8,8 +8,15 @@ the one handler declared for the situation found. The order is the product's:
 2. a bridge account speaking in its own name (not a person: ignored);
 3. a running intake, in this room or, when this room is shared, in the client's private room
    (its answers may be numbers, so it comes before slot choices);
-4. a slot number while the client has an offer waiting in this room;
-5. otherwise nothing is running: a new request.
+4. a slot number while the client has an offer waiting in this room (a bare number: with
+   both an offer and a rating question waiting, "4" picks the slot; "4/5", "4 great" or
+   `!rate` rate);
+5. the client's rating question in this room (`bot.domain.rating`): within 10 minutes of a
+   rating given alone, any text is its comment (a number alone there rates again); while the
+   question waits (48 hours, until answered), a text starting with a number is the rating
+   (a bad number gets a clear answer) and a short text (under the intake's minimum
+   description) the reminder of how to rate; a longer text is a new request;
+6. otherwise nothing is running: a new request.
 
 Reading only: nothing here writes or sends.
 """
@@ -17,8 +24,13 @@ Reading only: nothing here writes or sends.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
-from bot.domain.intake import IntakeStep
+from tortoise.expressions import Q
+
+from bot.domain import rating as satisfaction
+from bot.domain.intake import MIN_DESCRIPTION_CHARS, IntakeStep
+from bot.domain.rating import RatingText
 from bot.domain.slots import parse_slot_choice
 from bot.events import IncomingText
 from bot.routing import Context, SenderState, Situation
@@ -54,6 +66,9 @@ async def load_state(ctx: Context) -> SenderState:
     offer = await offer_chosen_from(ctx.room_id, ctx.sender.key, ctx.args)
     if offer is not None:
         return SenderState(Situation.SLOT_CHOICE, offer)
+    rating = await rating_answer(ctx.room_id, ctx.sender.key, ctx.args, ctx.now)
+    if rating is not None:
+        return SenderState(Situation.RATING, rating)
     return SenderState(Situation.IDLE)
 
 
@@ -112,3 +127,44 @@ def is_shared(ctx: Context) -> bool:
     if ctx.sender.bridged:
         return False
     return not room_is_private(ctx.services, ctx.room_id, ctx.sender.key)
+
+
+@dataclass(frozen=True, slots=True)
+class RatingAnswer:
+    """What a client's text is to the rating of `ticket_id`: a typed rating (`typed`, its
+    stars None when the number is not 1–5), the comment of a rating given alone (`comment`),
+    or neither (a short text while the question waits: remind how to rate)."""
+
+    ticket_id: int
+    typed: RatingText | None = None
+    comment: str | None = None
+
+
+async def rating_answer(
+    room_id: str, client_key: str, text: str, now: datetime
+) -> RatingAnswer | None:
+    """The client's answer to their latest rating question in this room, if `text` is one."""
+    candidates = (
+        await Ticket.filter(client__key=client_key, room_id=room_id)
+        .filter(
+            Q(rating_asked_at__gte=now - satisfaction.ANSWER_WINDOW, rated_at__isnull=True)
+            | Q(rated_at__gte=now - satisfaction.COMMENT_WINDOW, rating_comment__isnull=True)
+        )
+        .order_by("-rating_asked_at", "-id")
+        .limit(10)
+    )
+    typed = satisfaction.parse_rating(text)
+    latest_first = sorted(candidates, key=lambda t: t.rated_at or t.rating_asked_at or now)
+    for ticket in reversed(latest_first):
+        if satisfaction.comment_open(ticket.rated_at, ticket.rating_comment, now):
+            # A number alone rates again ("5" after "4"); "2 things: …" is a comment.
+            if typed is not None and typed.comment is None:
+                return RatingAnswer(ticket.id, typed=typed)
+            return RatingAnswer(ticket.id, comment=text)
+        if satisfaction.typed_answer_open(ticket.rating_asked_at, ticket.rated_at, now):
+            if typed is not None:
+                return RatingAnswer(ticket.id, typed=typed)
+            if len(text.strip()) < MIN_DESCRIPTION_CHARS:
+                return RatingAnswer(ticket.id)
+            return None
+    return None

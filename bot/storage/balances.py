@@ -39,6 +39,7 @@ from bot.storage.repo import (
     report_month,
     ticket_state,
 )
+from bot.storage.satisfaction import average
 
 __all__ = [
     "Account",
@@ -248,6 +249,7 @@ async def monthly_report(year: int, month: int, tz: tzinfo) -> list[dict[str, An
         for key in members:
             for column in REPORT_SUMS:
                 row[column] += by_key.get(key, {}).get(column) or 0
+        row["rating_average"] = average(row["rating_sum"], row["ratings"])
         # The same bill as the clients' lines (tickets opened in the month, billed today).
         row.update(billed_tickets=billed, purchased=purchased, balance=balance.remaining)
         account_rows.append(row)

@@ -222,6 +222,7 @@ async def _ticket_export(ticket: Ticket, tz: tzinfo) -> dict[str, Any]:
         locale=ticket.locale,
         room_id=ticket.room_id,
         closed_reason=ticket.closed_reason,
+        rating_comment=ticket.rating_comment,
         notes=[
             {"at": _iso(note.at, tz), "author": note.author_key, "text": note.text}
             for note in await TicketNote.filter(ticket_id=ticket.pk).order_by("at", "id")
@@ -342,6 +343,10 @@ async def erase_data(key: str, *, now: datetime, actor: str = "system") -> Erasu
             # quote or describe the client; the minutes, statuses and dates stay.
             await Ticket.filter(id__in=ids, closed_reason__not_isnull=True).update(
                 closed_reason=ERASED_TEXT
+            )
+            # Their rating stays (a number, like the bill); what they wrote with it goes.
+            await Ticket.filter(id__in=ids, rating_comment__not_isnull=True).update(
+                rating_comment=ERASED_TEXT
             )
             await TicketNote.filter(ticket_id__in=ids).update(text=ERASED_TEXT)
             await TicketNote.filter(ticket_id__in=ids, author_key=key).update(author_key=anon)
@@ -512,7 +517,7 @@ async def _traces_of(
         ids.append(client.email)
     for ticket in tickets:
         ids.append(ticket.email)
-        texts += [ticket.description, ticket.instance_url]
+        texts += [ticket.description, ticket.instance_url, ticket.rating_comment]
         refs += [ticket.ref, *([ticket.converted_from] if ticket.converted_from else [])]
     # What staff wrote (reasons, time notes) is not looked for: the same words may be about
     # someone else, and the staff messages that echo it name the request, which is.

@@ -66,6 +66,7 @@ from bot.storage.models import (
     Ticket,
     UserPref,
 )
+from bot.storage.satisfaction import SATISFACTION_COLUMNS, add_report_columns
 
 log = logging.getLogger(__name__)
 
@@ -389,6 +390,8 @@ def ticket_to_json(
         "confirmed_tickets": ticket.confirmed_tickets,
         "resolved_at": _iso(ticket.resolved_at, tz),
         "converted_from": ticket.converted_from,
+        "rating": ticket.rating,
+        "rated_at": _iso(ticket.rated_at, tz),
     }
 
 
@@ -406,6 +409,7 @@ REPORT_COLUMNS: tuple[str, ...] = (
     "minutes_total",
     "questions",
     "quotes",
+    *SATISFACTION_COLUMNS,
     "purchased",  # organisation lines: tickets bought in the month
     "balance",  # organisation lines: the balance at the end of the month
 )
@@ -417,6 +421,9 @@ REPORT_SUMS: tuple[str, ...] = (
     "minutes_total",
     "questions",
     "quotes",
+    "ratings",
+    "rating_sum",
+    "no_shows",
 )
 
 
@@ -460,6 +467,7 @@ async def report_month(year: int, month: int, tz: tzinfo) -> list[dict[str, Any]
             row["billed_tickets"] += billed_tickets(ticket_state(ticket))
         row[f"minutes_{Channel(ticket.channel)}"] += ticket.minutes_logged
         row["minutes_total"] += ticket.minutes_logged
+    await add_report_columns(rows, ((ticket.client.pk, ticket) for ticket in tickets))
     return sorted(rows.values(), key=lambda row: row["client"])
 
 

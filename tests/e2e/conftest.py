@@ -146,6 +146,33 @@ class RunningBot:
         raise TimeoutError(f"the bot did not join {room_id}")
 
 
+async def intervention_ticket(ref: str, client_id: str, room_id: str, locale: str = "fr"):
+    """An intervention ticket row as the intake opens it (written into the bot's database by
+    the test process), for a Matrix client in `room_id`."""
+    from datetime import UTC, datetime
+
+    from bot.domain.tickets import Channel, Kind, initial_state
+    from bot.storage.models import Client, Ticket
+
+    owner, _ = await Client.get_or_create(
+        key=client_id, defaults={"created_at": datetime.now(UTC)}
+    )
+    return await Ticket.create(
+        ref=ref,
+        kind=str(Kind.TICKET),
+        status=str(initial_state(Kind.TICKET, Channel.INTERVENTION).status),
+        category="theme",
+        channel=str(Channel.INTERVENTION),
+        client=owner,
+        room_id=room_id,
+        locale=locale,
+        description="Adapt the theme so that the submit button shows on phones.",
+        created_at=datetime.now(UTC),
+        minutes_logged=0,
+        version=0,
+    )
+
+
 def _config_toml(
     synapse: object,
     workdir: Path,

@@ -8,15 +8,16 @@ a SIGKILL and restart removing that ✅ still undoes the confirmation.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 
 import pytest
 from nio import RoomRedactResponse, RoomSendResponse
 
-from bot.domain.tickets import Channel, Kind, Status, initial_state
+from bot.domain.tickets import Status
 from bot.storage.db import close_db, open_db
-from bot.storage.models import Client, Ticket
+from bot.storage.models import Ticket
 from bot.testing.matrix import discard_messages, send_text, wait_for_message
+
+from .conftest import intervention_ticket
 
 pytestmark = pytest.mark.e2e
 
@@ -53,23 +54,7 @@ async def test_staff_check_on_a_real_card_confirms_and_its_removal_after_restart
     await running_bot.wait_joined(staff, room)
     client, dm = await running_bot.new_client("alice")
 
-    owner, _ = await Client.get_or_create(
-        key=client.user_id, defaults={"created_at": datetime.now(UTC)}
-    )
-    ticket = await Ticket.create(
-        ref=REF,
-        kind=str(Kind.TICKET),
-        status=str(initial_state(Kind.TICKET, Channel.INTERVENTION).status),
-        category="theme",
-        channel=str(Channel.INTERVENTION),
-        client=owner,
-        room_id=dm,
-        locale="fr",
-        description="Adapt the theme so that the submit button shows on phones.",
-        created_at=datetime.now(UTC),
-        minutes_logged=0,
-        version=0,
-    )
+    ticket = await intervention_ticket(REF, client.user_id, dm)
 
     # The estimate makes the bot post the card (it had none yet) and tell the client.
     await send_text(staff, room, f"!estimate {REF} 2h")

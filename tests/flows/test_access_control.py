@@ -82,9 +82,10 @@ STAFF_ARGS: dict[str, str] = {
     "unbook": "{T5}",
     "org": "new ACME",
     "credit": "@alice:test 10 invoice 118",
+    "noshow": "{T5}",
 }
 DEFAULT_STAFF_ARGS = "{T1} 1h"
-STAFF_REACTIONS = ("👀", "✅", "✔️", "❌")
+STAFF_REACTIONS = ("👀", "✅", "✔️", "❌", "🚫")
 #: Time between two attempts: under the flood limit (20 client messages a minute), whose
 #: notice would be one more answer.
 PACE = timedelta(seconds=4)
@@ -417,6 +418,8 @@ CLIENT_COMMANDS = [
     ("confirmer", "T3"),
     ("status", "Q1"),
     ("cancel", "Q1"),
+    ("rate", "T4"),
+    ("noter", "T4"),
 ]
 PROBERS = [
     Actor("other-client", BOB, DM_B),
@@ -481,6 +484,9 @@ async def test_the_owner_does_see_and_act_on_the_same_references(bot, world):
     assert sent and sent[0].body != not_found and world.refs["T1"] in sent[0].body
     await bot.say(DM_A, ALICE, f"!accept {world.refs['T4']}")
     assert (await Ticket.get(ref=world.refs["T4"])).status == Status.CLOSED
+    bot.clock.advance(PACE)
+    await bot.say(DM_A, ALICE, f"!rate {world.refs['T4']} 5")
+    assert (await Ticket.get(ref=world.refs["T4"])).rating == 5
 
 
 async def test_tickets_lists_only_the_own_requests(bot, world):

@@ -183,6 +183,49 @@ async def test_report(seeded: Config, capsys: pytest.CaptureFixture[str], fmt: s
     assert str(bob["tickets"]) == "0" and str(bob["questions"]) == "1"
 
 
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+async def test_report_ratings_and_no_shows(
+    seeded: Config, capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    await open_db(seeded.database.url)
+    try:
+        await Ticket.filter(ref="SP-2026-0001").update(
+            rating=5, rating_comment="secret praise", rated_at=CREATED
+        )
+        await Ticket.filter(ref="SP-2026-0002").update(rating=2, rated_at=CREATED)
+        video = await Ticket.get(ref="SP-2026-0002")
+        await Booking.create(
+            ticket=video,
+            staff=STAFF,
+            start=CREATED,
+            end=CREATED + timedelta(minutes=45),
+            created_at=CREATED,
+            no_show_at=CREATED + timedelta(minutes=10),
+            no_show_by=STAFF,
+        )
+    finally:
+        await close_db()
+    assert await cli_tickets.report(seeded, "2026-11", fmt) == 0
+    out = capsys.readouterr().out
+    assert "secret praise" not in out  # comments never leave in reports
+    rows = json.loads(out) if fmt == "json" else list(csv.DictReader(io.StringIO(out)))
+    by_client = {row["client"]: row for row in rows}
+    alice, bob = by_client[ALICE], by_client[BOB]
+    assert (str(alice["ratings"]), str(alice["rating_sum"])) == ("2", "7")
+    assert str(alice["rating_average"]) == "3.5" and str(alice["no_shows"]) == "1"
+    assert str(bob["ratings"]) == "0" and str(bob["no_shows"]) == "0"
+    assert bob["rating_average"] in (None, "")  # nothing rated: no average
+
+    # An erased client's rating stays (a figure); what they wrote with it does not.
+    assert await cli_tickets.client_erase(seeded, ALICE) == 0
+    await open_db(seeded.database.url)
+    try:
+        erased = await Ticket.get(ref="SP-2026-0001")
+        assert (erased.rating, erased.rating_comment) == (5, repo.ERASED_TEXT)
+    finally:
+        await close_db()
+
+
 @pytest.mark.parametrize("month", ["2026-13", "2026-00", "2026-1", "nov", "", "2026-11-01"])
 async def test_report_bad_month(
     config: Config, capsys: pytest.CaptureFixture[str], month: str

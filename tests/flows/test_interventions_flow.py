@@ -28,7 +28,7 @@ from bot.storage.models import AuditEntry, Client, Reaction, Ticket, TimeLog
 from bot.testing.harness import STAFF, STAFF_ROOM, BotHarness, Sent
 from bot.testing.harness import test_config as base_config
 from bot.testing.net import free_port
-from handlers import billing, closing, consent
+from handlers import billing, closing, consent, satisfaction
 
 DM = "!dm-alice:test"
 ALICE = "@alice:test"
@@ -246,18 +246,22 @@ async def test_above_two_tickets_mail_in_french_then_check_only_after_consent(bo
     assert "décembre 2026" in text  # the expiry date, formatted in French (+7 days)
     token = token_from(message)
 
-    # Staff ✅ before the consent: refused in the staff room, with the reason.
+    # Staff ✅ before the consent: refused in the staff room, with the reason (and remembered:
+    # tests/flows/test_one_click_flow.py).
     sent = await check(bot, ticket)
     [refusal] = new_messages(sent, STAFF_ROOM)
     assert t.ref in refusal
     assert fr(bot, lifecycle._WAITING_FOR_CLIENT) in refusal
     assert new_messages(sent, DM) == []
     assert (await reload(ticket)).status == Status.AWAITING_CLIENT_CONFIRMATION
-    assert await Reaction.all().count() == 0
+    assert (await reload(ticket)).staff_confirmed_by is None
 
-    # The client confirms on the web page; the web server calls the hook.
+    # The client confirms on the web page; the web server calls the hook; staff are asked.
     sent = await consent_by_web(bot, token, ticket)
-    assert new_messages(sent, STAFF_ROOM) == [fr(bot, consent._CLIENT_CONFIRMED_STAFF, ref=t.ref)]
+    prompt = fr(
+        bot, consent._START_PROMPT_EARLY, ref=t.ref, tickets=consent._tickets(3), staff=STAFF
+    )
+    assert new_messages(sent, STAFF_ROOM) == [prompt]
     assert new_messages(sent, DM) == [fr(bot, consent._CLIENT_CONFIRMED_THANKS, ref=t.ref)]
     assert card_edits(sent, ticket)
     # Calling the hook again (a retry) tells nobody twice.
@@ -335,9 +339,8 @@ async def test_chat_mode_accepts_confirm_in_the_client_room(db_url, smtp):
         assert t.status == Status.AWAITING_STAFF_CONFIRMATION
         assert t.client_confirmed_at == bot.clock()
         assert new_messages(sent, DM) == [fr(bot, consent._CLIENT_CONFIRMED_THANKS, ref=t.ref)]
-        assert fr(bot, consent._CLIENT_CONFIRMED_STAFF, ref=t.ref) in new_messages(
-            sent, STAFF_ROOM
-        )
+        prompt = fr(bot, consent._START_PROMPT, ref=t.ref, tickets=consent._tickets(3))
+        assert prompt in new_messages(sent, STAFF_ROOM)
 
         await check(bot, ticket)
         assert (await reload(ticket)).status == Status.CONFIRMED
@@ -533,8 +536,10 @@ async def test_resolve_then_accept_closes_with_a_week_of_warranty(bot):
     assert t.status == Status.CLOSED
     assert t.accepted_at == bot.clock()
     assert t.warranty_until == bot.clock() + timedelta(days=7)
+    # Thanked, then asked to rate it (tests/flows/test_satisfaction_flow.py).
     assert new_messages(sent, DM) == [
-        fr(bot, closing._ACCEPTED_CLIENT, ref=t.ref, warranty_until=t.warranty_until)
+        fr(bot, closing._ACCEPTED_CLIENT, ref=t.ref, warranty_until=t.warranty_until),
+        fr(bot, satisfaction._QUESTION, ref=t.ref),
     ]
     assert any(t.ref in body for body in new_messages(sent, STAFF_ROOM))
     assert card_edits(sent, ticket)
@@ -687,10 +692,12 @@ async def test_report_prints_the_month_per_client(bot):
         line.split("|")[0].strip().replace("\u2060", ""): [c.strip() for c in line.split("|")[1:]]
         for line in lines
     }
-    # tickets, billed, messaging, video, phone, intervention, questions, quotes
-    assert cells[ALICE] == ["2", "4", "1h01", "46 min", "0", "0", "1", "0"]
-    assert cells[BOB] == ["1", "2", "0", "0", "0", "2h", "0", "1"]
-    assert cells[fr(bot, billing._TOTAL)] == ["3", "6", "1h01", "46 min", "0", "2h", "1", "1"]
+    # tickets, billed, messaging, video, phone, intervention, questions, quotes, ratings,
+    # average rating, no-shows
+    assert cells[ALICE] == ["2", "4", "1h01", "46 min", "0", "0", "1", "0", "0", "–", "0"]
+    assert cells[BOB] == ["1", "2", "0", "0", "0", "2h", "0", "1", "0", "–", "0"]
+    total = ["3", "6", "1h01", "46 min", "0", "2h", "1", "1", "0", "–", "0"]
+    assert cells[fr(bot, billing._TOTAL)] == total
     assert "<table>" in (report.html or "")
 
     sent = await bot.say(STAFF_ROOM, STAFF, "!rapport 2026-02")

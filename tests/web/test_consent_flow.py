@@ -63,6 +63,7 @@ async def test_estimate_mail_chromium_click_then_card_and_staff_confirmation(
             assert ticket.ref in body and "3 tickets" in body
             # Opening the link changed nothing (mail scanners open links).
             assert (await Ticket.get(id=ticket.id)).client_confirmed_at is None
+            clicked = len(bot.transport.sent)
             await page.click("button")
             await page.wait_for_load_state()
             assert ticket.ref in await page.inner_text("body")
@@ -80,7 +81,10 @@ async def test_estimate_mail_chromium_click_then_card_and_staff_confirmation(
                 and m.content.get("m.relates_to", {}).get("rel_type") == "m.replace"
             ]
             assert edits
-            assert any(m.room_id == DM for m in bot.transport.sent[-3:])
+            after = bot.transport.sent[clicked:]
+            assert any(m.room_id == DM for m in after)
+            # Staff are asked "start now?", with the bot's ✅ under it (one click).
+            assert any(m.room_id == STAFF_ROOM and m.type == "m.reaction" for m in after)
 
             # Now the staff ✅ is accepted and records who confirmed.
             await bot.react(STAFF_ROOM, STAFF, ticket.card_event_id, "✅")
