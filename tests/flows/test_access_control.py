@@ -83,6 +83,8 @@ STAFF_ARGS: dict[str, str] = {
     "org": "new ACME",
     "credit": "@alice:test 10 invoice 118",
     "noshow": "{T5}",
+    "reply": "{T1} We are looking into it.",
+    "dashboard": "",
 }
 DEFAULT_STAFF_ARGS = "{T1} 1h"
 STAFF_REACTIONS = ("👀", "✅", "✔️", "❌", "🚫")
