@@ -3,10 +3,14 @@
 - `synapse` (session): one throwaway homeserver for the whole run (~2.7 s to start cold).
 - `matrix_user` (function): `await matrix_user("alice")` → a logged-in, synced nio client.
 - `postgres_dsn` (session): a fresh database when SUPPORT_BOT_TEST_POSTGRES is set, else None.
-- `db_url` (function, parametrized sqlite/postgres): a Tortoise URL to an empty database of
-  its own. PostgreSQL tests get a new database per test (CREATE DATABASE from template0 costs
-  ~20-30 ms here, DROP ~10 ms), so they never see each other's rows and need no truncation.
-- `db` (function): `db_url`'s database opened (and migrated) for the test.
+- `db_url` (function, parametrized sqlite/postgres): a Tortoise URL to a database of its own,
+  already migrated to the latest schema and holding no rows. Migrating costs ~2.7 s per
+  database (Tortoise replays every migration), so it is done once per run into a template: a
+  copy of the file for SQLite, `CREATE DATABASE … TEMPLATE` for PostgreSQL (~20-30 ms here,
+  DROP ~10 ms). Tests never see each other's rows and need no truncation.
+- `empty_db_url` (function, parametrized the same): a database with nothing in it, not even
+  the schema, for the tests of migrating itself.
+- `db` (function): `db_url`'s database opened for the test.
 - `imap_server` (function): `imap_server(tls=True)` → a real Dovecot on free ports with an
   empty mailbox (tests/imap.py); skips where Dovecot is not installed.
 
@@ -20,6 +24,7 @@ import asyncio
 import concurrent.futures
 import os
 import secrets
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -121,13 +126,14 @@ def tortoise_url(dsn: str) -> str:
     return f"postgres://{rest}" if scheme == "postgresql" else dsn
 
 
-async def _create_database(admin_dsn: str, name: str) -> None:
+async def _create_database(admin_dsn: str, name: str, *, template: str | None = None) -> None:
     import asyncpg
 
     conn = await asyncpg.connect(admin_dsn)
     try:
-        # template0: whatever someone installed into template1 does not leak into tests.
-        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        # template0 by default: whatever someone installed into template1 does not leak into
+        # tests.
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template or "template0"}"')
     finally:
         await conn.close()
 
@@ -163,26 +169,73 @@ def postgres_dsn() -> Iterator[str | None]:
         _run(_drop_database(admin_dsn, name))
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite", id="sqlite"),
-        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
-    ]
-)
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A Tortoise database URL to an empty database of this test's own. Not initialised."""
+async def _migrate(url: str) -> None:
+    from bot.storage.db import apply_migrations
+
+    await apply_migrations(url)
+
+
+@pytest.fixture(scope="session")
+def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to the latest schema, copied by each test that wants one."""
+    path = tmp_path_factory.mktemp("template") / "db.sqlite3"
+    _run(_migrate(f"sqlite://{path}"))
+    return path
+
+
+@pytest.fixture(scope="session")
+def _postgres_template(postgres_dsn: str | None) -> Iterator[str | None]:
+    """The name of a PostgreSQL database migrated to the latest schema (nobody connected to
+    it once migrated, as CREATE DATABASE … TEMPLATE requires), or None without PostgreSQL."""
+    if postgres_dsn is None:
+        yield None
+        return
+    name = f"{urlsplit(postgres_dsn).path.lstrip('/')}_template"
+    _run(_create_database(postgres_dsn, name))
+    try:
+        _run(_migrate(tortoise_url(_with_database(postgres_dsn, name))))
+        yield name
+    finally:
+        _run(_drop_database(postgres_dsn, name))
+
+
+DB_PARAMS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+]
+
+
+def _database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, *, migrated: bool
+) -> Iterator[str]:
     if request.param == "sqlite":
-        yield f"sqlite://{tmp_path}/db.sqlite3"
+        path = tmp_path / "db.sqlite3"
+        if migrated:
+            shutil.copyfile(request.getfixturevalue("_sqlite_template"), path)
+        yield f"sqlite://{path}"
         return
     session_dsn: str | None = request.getfixturevalue("postgres_dsn")
     if session_dsn is None:
         pytest.skip(NO_POSTGRES)
+    template = request.getfixturevalue("_postgres_template") if migrated else None
     name = f"{urlsplit(session_dsn).path.lstrip('/')}_{secrets.token_hex(3)}"
-    _run(_create_database(session_dsn, name))
+    _run(_create_database(session_dsn, name, template=template))
     try:
         yield tortoise_url(_with_database(session_dsn, name))
     finally:
         _run(_drop_database(session_dsn, name))
+
+
+@pytest.fixture(params=DB_PARAMS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A Tortoise database URL to a database of this test's own: migrated, no rows."""
+    yield from _database_url(request, tmp_path, migrated=True)
+
+
+@pytest.fixture(params=DB_PARAMS)
+def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A Tortoise database URL to an empty database of this test's own (no schema)."""
+    yield from _database_url(request, tmp_path, migrated=False)
 
 
 @pytest_asyncio.fixture

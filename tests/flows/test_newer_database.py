@@ -58,12 +58,12 @@ async def _edit_records(
         await close_db()
 
 
-async def test_open_db_refuses_a_database_migrated_by_a_newer_version(db_url: str) -> None:
-    await _migrate_then(db_url, record=[FUTURE])
+async def test_open_db_refuses_a_database_migrated_by_a_newer_version(empty_db_url: str) -> None:
+    await _migrate_then(empty_db_url, record=[FUTURE])
 
     for run_migrations in (True, False):
         with pytest.raises(NewerDatabaseError) as refused:
-            await open_db(db_url, run_migrations=run_migrations)
+            await open_db(empty_db_url, run_migrations=run_migrations)
         assert refused.value.unknown == [f"models.{FUTURE}"]
         message = str(refused.value)
         assert f"models.{FUTURE}" in message
@@ -71,19 +71,19 @@ async def test_open_db_refuses_a_database_migrated_by_a_newer_version(db_url: st
         assert "restore a backup" in message
 
     # Nothing was left open or changed: without the future migration it opens again.
-    await _edit_records(db_url, unrecord=[FUTURE])
-    assert await open_db(db_url) == []
+    await _edit_records(empty_db_url, unrecord=[FUTURE])
+    assert await open_db(empty_db_url) == []
     await close_db()
 
 
-async def test_refused_before_any_pending_migration_is_applied(db_url: str) -> None:
+async def test_refused_before_any_pending_migration_is_applied(empty_db_url: str) -> None:
     # A database this code would migrate (0002 pending) that also has a migration it lacks.
-    await _migrate_then(db_url, record=[FUTURE], unrecord=[LATEST_KNOWN])
+    await _migrate_then(empty_db_url, record=[FUTURE], unrecord=[LATEST_KNOWN])
 
     with pytest.raises(NewerDatabaseError):
-        await apply_migrations(db_url)
+        await apply_migrations(empty_db_url)
 
-    names = {key.name for key in await _edit_records(db_url, unrecord=[FUTURE])}
+    names = {key.name for key in await _edit_records(empty_db_url, unrecord=[FUTURE])}
     assert LATEST_KNOWN not in names  # not applied behind the newer version's back
 
 
@@ -91,16 +91,16 @@ async def test_refused_before_any_pending_migration_is_applied(db_url: str) -> N
     "command", [["migrate"], ["run"], ["tickets", "list"]], ids=lambda c: " ".join(c)
 )
 def test_cli_refuses_with_a_message_and_no_traceback(
-    db_url: str, tmp_path: Path, command: list[str]
+    empty_db_url: str, tmp_path: Path, command: list[str]
 ) -> None:
-    asyncio.run(_migrate_then(db_url, record=[FUTURE]))
+    asyncio.run(_migrate_then(empty_db_url, record=[FUTURE]))
     config = tmp_path / "bot.toml"
     config.write_text(valid_config(tmp_path))
 
     result = subprocess.run(
         [sys.executable, "-m", "bot", *command, "--config", str(config)],
         cwd=ROOT,
-        env={**os.environ, "SUPPORT_BOT_DATABASE_URL": db_url},  # wins over the file's
+        env={**os.environ, "SUPPORT_BOT_DATABASE_URL": empty_db_url},  # wins over the file's
         capture_output=True,
         text=True,
         timeout=120,
