@@ -31,3 +31,13 @@ class RequestOpened:
 
     ticket_id: int
     first_request: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ResolutionAnswered:
+    """The client of a request made by e-mail answered the mail saying it is solved: 1
+    (`solved`) accepts the resolution, 2 says something is still wrong (or, once the ticket
+    is closed, that the problem came back under the warranty)."""
+
+    ticket_id: int
+    solved: bool
