@@ -109,6 +109,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--reset", action="store_true", help="delete the demo data first and start afresh"
     )
     demo.add_argument(
+        "--imap",
+        metavar="URL",
+        help="turn the e-mail channel on with this mailbox, for tests only: its mails become "
+        "requests (imaps://USER@HOST/INBOX; default: $SUPPORT_BOT_DEMO_IMAP; a missing "
+        "password is asked for)",
+    )
+    demo.add_argument(
+        "--smtp",
+        metavar="URL",
+        help="the server the bot sends mail through (smtp://USER@HOST:587, smtps://…:465; "
+        "default: $SUPPORT_BOT_DEMO_SMTP; a missing password is asked for)",
+    )
+    demo.add_argument(
+        "--mail-address",
+        metavar="ADDRESS",
+        help="the support address clients write to (default: the mailbox's login)",
+    )
+    demo.add_argument(
         "--no-bot",
         dest="bot",
         action="store_false",
@@ -351,6 +369,9 @@ def _demo(args: argparse.Namespace) -> int:
         reset=args.reset,
         start_bot=args.bot,
         log_level=args.log_level or "INFO",
+        imap=args.imap,
+        smtp=args.smtp,
+        mail_address=args.mail_address,
     )
     return run_demo(options)
 

@@ -10,12 +10,19 @@ it started.
 Everything lives in the data folder (default `demo-data`): running the demo again reuses the
 homeserver, the accounts, the rooms (their ids are in `DIR/state.json`) and the bot's database.
 `--reset` deletes the folder first.
+
+The e-mail channel is on when the demo is given a mailbox and a server to send through:
+`--imap imaps://USER@HOST/INBOX --smtp smtp://USER@HOST:587` (or the variables
+`SUPPORT_BOT_DEMO_IMAP` and `SUPPORT_BOT_DEMO_SMTP`, which may hold the passwords; a URL
+without one has it asked for at the terminal, so that it stays out of the shell's history).
+They go into `DIR/bot.toml` (`[mail]`, `[mail.inbound]`), written readable by its owner only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import json
 import logging
 import os
@@ -27,17 +34,19 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+import tomllib
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from email.utils import formataddr
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 if TYPE_CHECKING:
     import aiohttp
     from nio import AsyncClient
 
-    from bot.config import Config
+    from bot.config import Config, MailConfig
     from bot.testing.synapse import Synapse
 
 log = logging.getLogger(__name__)
@@ -62,6 +71,7 @@ DEMO_ENTRIES = frozenset(
         "state.json",
         "bot.toml",
         "bot.toml.old",
+        "bot.toml.tmp",
         "bot.sqlite3",
         "bot.sqlite3-wal",
         "bot.sqlite3-shm",
@@ -71,6 +81,18 @@ DEMO_ENTRIES = frozenset(
         "bot.log",
     }
 )
+# The e-mail channel's servers, when not given on the command line (a password in them stays
+# out of the shell's history).
+IMAP_ENV = "SUPPORT_BOT_DEMO_IMAP"
+SMTP_ENV = "SUPPORT_BOT_DEMO_SMTP"
+# scheme → (protocol, default port, tls): the `s` schemes speak TLS from the first byte; the
+# others leave `tls` out (STARTTLS whenever offered, required when the server is elsewhere).
+MAIL_SCHEMES: dict[str, tuple[str, int, str | None]] = {
+    "imap": ("imap", 143, None),
+    "imaps": ("imap", 993, "implicit"),
+    "smtp": ("smtp", 587, None),
+    "smtps": ("smtp", 465, "implicit"),
+}
 KEYCAPS = {str(n): f"{n}\ufe0f\u20e3" for n in range(10)} | {"10": "\U0001f51f"}
 # The state event that makes a room end-to-end encrypted (Megolm, as every client does).
 ENCRYPTION_STATE: dict[str, Any] = {
@@ -92,6 +114,39 @@ class DemoOptions:
     reset: bool = False
     start_bot: bool = True
     log_level: str = "INFO"
+    # The e-mail channel (`demo_mail`): URLs as given on the command line, else from IMAP_ENV
+    # and SMTP_ENV; the support address, else the IMAP login.
+    imap: str | None = None
+    smtp: str | None = None
+    mail_address: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MailServer:
+    """An IMAP or SMTP server given to the demo as a URL (`mail_server`)."""
+
+    host: str
+    port: int
+    tls: str | None  # None: the bot's default for this port
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    folder: str = "INBOX"  # IMAP only
+
+    def shown(self, *, folder: bool = False) -> str:
+        """Where it is, without the login."""
+        where = f"{self.host}:{self.port}"
+        return f"{where}/{self.folder}" if folder else where
+
+
+@dataclass(frozen=True, slots=True)
+class DemoMail:
+    """The e-mail channel of the demo: the support address (clients write to it, the bot
+    answers from it), the mailbox read (None: the channel is off, mail is only sent) and the
+    server mail is sent through."""
+
+    address: str
+    smtp: MailServer
+    imap: MailServer | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +179,10 @@ def run_demo(options: DemoOptions) -> int:
                 f"{str(data_dir)!r}: a path that is not UTF-8 cannot go into bot.toml;"
                 " choose another --data-dir"
             ) from None
+        mail = demo_mail(options, os.environ, ask=_password_prompt())
         run_bot = _bot_runner() if options.start_bot else None
         _check_synapse_installed()
-        return asyncio.run(_demo(options, data_dir, run_bot))
+        return asyncio.run(_demo(options, data_dir, run_bot, mail))
     except DemoError as error:
         _say(f"demo: {error}", err=True)
         return 1
@@ -135,7 +191,12 @@ def run_demo(options: DemoOptions) -> int:
 # -- the whole run ----------------------------------------------------------------------------
 
 
-async def _demo(options: DemoOptions, data_dir: Path, run_bot: Callable[..., Any] | None) -> int:
+async def _demo(
+    options: DemoOptions,
+    data_dir: Path,
+    run_bot: Callable[..., Any] | None,
+    mail: DemoMail | None = None,
+) -> int:
     from bot.process import stop_on_signals
 
     stop = asyncio.Event()
@@ -149,7 +210,7 @@ async def _demo(options: DemoOptions, data_dir: Path, run_bot: Callable[..., Any
             synapse_seconds = time.monotonic() - started
             if stop.is_set():
                 return 0
-            world = await _prepare(synapse, data_dir)
+            world = await _prepare(synapse, data_dir, mail)
             prepared_seconds = time.monotonic() - started - synapse_seconds
             if stop.is_set():
                 return 0
@@ -241,6 +302,102 @@ async def _first_of(*waitables: Any, timeout: float | None = None) -> bool:  # n
         for task in owned:
             task.cancel()
         await asyncio.gather(*owned, return_exceptions=True)
+
+
+# -- the e-mail channel's servers ----------------------------------------------------------------
+
+
+def mail_server(url: str, protocol: str) -> MailServer:
+    """An `imap://`, `imaps://`, `smtp://` or `smtps://` URL: `USER[:PASSWORD]@HOST[:PORT]`,
+    and for IMAP the folder as its path (default INBOX). The login and password are
+    percent-decoded (`%40` is `@`)."""
+    option = f"--{protocol}"
+    example = (
+        "imaps://USER@HOST/INBOX (or imap://USER@HOST:143/INBOX)"
+        if protocol == "imap"
+        else "smtp://USER@HOST:587 (or smtps://USER@HOST:465)"
+    )
+    parts = urlsplit(url.strip())
+    scheme = MAIL_SCHEMES.get(parts.scheme.lower())
+    if scheme is None or scheme[0] != protocol:
+        raise DemoError(f"{option}: expected a URL such as {example}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise DemoError(f"{option}: the port is not a number from 1 to 65535") from None
+    if not parts.hostname:
+        raise DemoError(f"{option}: no server in the URL; expected {example}")
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else None
+    if protocol == "imap" and username is None:
+        raise DemoError(f"{option}: the mailbox's login is missing; expected {example}")
+    folder = unquote(parts.path.strip("/")) or "INBOX"
+    if protocol == "smtp" and parts.path.strip("/"):
+        raise DemoError(f"{option}: an SMTP server has no folder; expected {example}")
+    _, default_port, tls = scheme
+    return MailServer(parts.hostname, port or default_port, tls, username, password, folder)
+
+
+def demo_mail(
+    options: DemoOptions, environ: Mapping[str, str], *, ask: Callable[[str], str] | None
+) -> DemoMail | None:
+    """The e-mail channel the demo was given (None: no mail server). A login without its
+    password is asked for with `ask` (None: not at a terminal, an error)."""
+    imap_url = options.imap or environ.get(IMAP_ENV) or None
+    smtp_url = options.smtp or environ.get(SMTP_ENV) or None
+    if imap_url is None and smtp_url is None:
+        if options.mail_address:
+            raise DemoError("--mail-address goes with --imap and --smtp")
+        return None
+    if smtp_url is None:
+        raise DemoError(
+            "--imap needs --smtp too, the server the bot sends its answers through:"
+            f" smtp://USER@HOST:587 (or {SMTP_ENV})"
+        )
+    for given, option in ((options.imap, "--imap"), (options.smtp, "--smtp")):
+        if given and urlsplit(given.strip()).password:
+            _say(
+                f"note: the password in {option} stays in your shell's history; leave it out"
+                " to be asked for it, or give the URL in "
+                f"{IMAP_ENV if option == '--imap' else SMTP_ENV}"
+            )
+    imap = None
+    if imap_url is not None:
+        imap = _with_password(mail_server(imap_url, "imap"), "--imap", IMAP_ENV, ask)
+    smtp = _with_password(mail_server(smtp_url, "smtp"), "--smtp", SMTP_ENV, ask)
+    address = options.mail_address
+    if not address:
+        logins = [server.username for server in (imap, smtp) if server and server.username]
+        address = next((login for login in logins if "@" in login), None)
+    if not address:
+        raise DemoError(
+            "--mail-address: the support address clients write to is needed (the mailbox's"
+            " login is not an e-mail address)"
+        )
+    return DemoMail(address=address.strip(), smtp=smtp, imap=imap)
+
+
+def _with_password(
+    server: MailServer, option: str, variable: str, ask: Callable[[str], str] | None
+) -> MailServer:
+    if server.username is None or server.password is not None:
+        return server
+    if ask is None:
+        raise DemoError(
+            f"{option}: no password for {server.username} on {server.host}: run the demo at a"
+            f" terminal to be asked for it, or give the URL with it in {variable}"
+        )
+    password = ask(f"password of {server.username} on {server.host} ({option}): ")
+    if not password:
+        raise DemoError(f"{option}: no password given")
+    return MailServer(
+        server.host, server.port, server.tls, server.username, password, server.folder
+    )
+
+
+def _password_prompt() -> Callable[[str], str] | None:
+    """`getpass` when standard input is a terminal, else None (nobody to ask)."""
+    return getpass.getpass if sys.stdin.isatty() else None
 
 
 def _bot_runner() -> Callable[..., Any]:
@@ -346,7 +503,7 @@ def _reset(data_dir: Path) -> None:
 # -- accounts, rooms, config ------------------------------------------------------------------
 
 
-async def _prepare(synapse: Synapse, data_dir: Path) -> DemoWorld:
+async def _prepare(synapse: Synapse, data_dir: Path, mail: DemoMail | None = None) -> DemoWorld:
     """Register the accounts, create or reuse the rooms, write the config."""
     import aiohttp
 
@@ -412,7 +569,9 @@ async def _prepare(synapse: Synapse, data_dir: Path) -> DemoWorld:
             metrics_port=metrics_port,
             web_secret=state["web_secret"],
             pickle_key=state["pickle_key"],
+            mail=mail,
         ),
+        mail_given=mail is not None,
         expect={
             "homeserver": synapse.base_url,
             "user_id": logins["bot"].user_id,
@@ -534,9 +693,16 @@ def render_config(
     web_secret: str,
     pickle_key: str,
     metrics_port: int = 9464,
+    mail: DemoMail | None = None,
 ) -> str:
     """The demo's bot.toml: every key the demo needs, with why it has that value."""
     q = toml_string
+    confirmation = (
+        "# The demo has no mail server: clients confirm large interventions in the chat."
+        if mail is None
+        else "# Clients confirm large interventions in the chat (the demo client's address is"
+        "\n# made up)."
+    )
     return f"""\
 # Written by `support-bot demo` for its throwaway homeserver. The demo keeps your edits when it
 # starts again, unless the homeserver, the rooms or the web port changed (the old file is then
@@ -563,9 +729,9 @@ timezone = "Europe/Paris"
 country = "FR"
 # French first, as the service; each client can switch with !lang en.
 default_locale = "fr"
-# The demo has no mail server: clients confirm large interventions in the chat.
+{confirmation}
 confirmation = "chat"
-
+{_mail_sections(mail)}
 [web]
 listen = "127.0.0.1:{web_port}"
 public_url = "http://127.0.0.1:{web_port}"
@@ -598,10 +764,58 @@ end = "17:00"
 """
 
 
-def _ensure_config(path: Path, text: str, *, expect: dict[str, str]) -> Config:
+def _mail_sections(mail: DemoMail | None) -> str:
+    """`[mail]` and `[mail.inbound]` for the servers given to the demo (none without)."""
+    if mail is None:
+        return ""
+    q = toml_string
+
+    def server(found: MailServer) -> list[str]:
+        lines = [f"host = {q(found.host)}", f"port = {found.port}"]
+        if found.tls is not None:
+            lines.append(f"tls = {q(found.tls)}")
+        if found.username is not None:
+            lines.append(f"username = {q(found.username)}")
+            lines.append(f"password = {q(found.password or '')}")
+        return lines
+
+    lines = [
+        "",
+        "[mail]",
+        "# Given by --smtp: the server every mail of the bot goes through.",
+        *server(mail.smtp),
+        "# The support address: clients write to it, the bot answers from it.",
+        f"from = {q(formataddr(('Support (demo)', mail.address)))}",
+    ]
+    if mail.imap is not None:
+        lines += [
+            "",
+            "[mail.inbound]",
+            '# Given by --imap: the support mailbox. Its mails become requests (README, "The',
+            '# e-mail channel"); handled ones are marked read and flagged $SupportBot.',
+            *server(mail.imap),
+            f"folder = {q(mail.imap.folder)}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _mail_identity(mail: MailConfig) -> tuple[Any, ...]:
+    """What the demo's options decide of `[mail]` and `[mail.inbound]`."""
+    inbound = mail.inbound
+    return (
+        (mail.host, mail.port, mail.tls, mail.username, mail.password, mail.from_),
+        (inbound.host, inbound.port, inbound.tls, inbound.username, inbound.password),
+        inbound.folder,
+    )
+
+
+def _ensure_config(
+    path: Path, text: str, *, expect: dict[str, str], mail_given: bool = False
+) -> Config:
     """Keep an existing demo config (and the edits made to it) while it still matches the
-    homeserver, rooms and port of this run; rewrite it otherwise."""
-    from bot.config import ConfigError, load_config
+    homeserver, rooms and port of this run, and the mail servers when some were given; rewrite
+    it otherwise. Without mail servers given, those of the file (an earlier run's) stay."""
+    from bot.config import ConfigError, load_config, parse_config
 
     # The demo's own values only: SUPPORT_BOT_* variables of this shell are for a real bot.
     if path.exists():
@@ -618,13 +832,30 @@ def _ensure_config(path: Path, text: str, *, expect: dict[str, str]) -> Config:
             "staff_room": config.matrix.staff_room,
             "listen": config.web.listen,
         }
-        if current == expect:
+        same_mail = not mail_given or _mail_identity(config.mail) == _mail_identity(
+            parse_config(tomllib.loads(text), {}).mail
+        )
+        if current == expect and same_mail:
             return config
         if path.read_text(encoding="utf-8") != text:
             path.replace(path.with_name(path.name + ".old"))
-            _say(f"  {path.name} rewritten for this homeserver; the old one is {path.name}.old")
-    path.write_text(text, encoding="utf-8")
-    return load_config(path, env={})
+            _say(f"  {path.name} rewritten for this run; the old one is {path.name}.old")
+    _write_private(path, text)
+    try:
+        return load_config(path, env={})
+    except ConfigError as error:  # what --imap, --smtp or --mail-address gave
+        problems = "\n".join(f"  {key}: {message}" for key, message in error.problems)
+        raise DemoError(f"the mail settings given are refused:\n{problems}") from None
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to `path`, readable by its owner only (it may hold mail passwords)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+        file.write(text)
+    tmp.replace(path)
 
 
 # TOML basic strings must escape `"`, `\` and the control characters (tab may stay, but an
@@ -734,6 +965,7 @@ def _print_banner(
         f' "staff" / "{world.staff.password}" (another browser profile) to see the staff room.',
         "",
     ]
+    lines += [*_mail_banner(world.config), ""]
     if not bot_running:
         lines.append(f"Start the bot: support-bot --config {show(world.config_path)} run")
     if chat:
@@ -750,6 +982,31 @@ def _print_banner(
         + f" ({timing})",
     ]
     _say("\n".join(lines))
+
+
+def _mail_banner(config: Config) -> list[str]:
+    """What the banner says of the e-mail channel: where to write, or how to turn it on."""
+    from email.utils import parseaddr
+
+    inbound = config.mail.inbound
+    if not inbound.host:
+        return [
+            "E-mail channel: off. To try it, give the demo a mailbox for tests and a server to"
+            " send through: --imap imaps://USER@HOST/INBOX --smtp smtp://USER@HOST:587"
+            ' (README, "Try it").'
+        ]
+    _, address = parseaddr(config.mail.from_)
+    return [
+        f"E-mail channel: write to {address} (from another address).",
+        f"  The bot reads {inbound.host}:{inbound.port}/{inbound.folder} and answers through"
+        f" {config.mail.host}:{config.mail.port}:",
+        "  its questions, then a receipt. Each request gets a card in the staff room: the"
+        " client's mails",
+        "  go in the card's thread, and what staff write there (or !reply REF text) is mailed"
+        " back.",
+        f"  Careful: at its first start the bot handles every mail in {inbound.folder} it has"
+        " not flagged yet.",
+    ]
 
 
 def _log_to_file(path: Path, level: str, *, quiet_console: bool) -> None:

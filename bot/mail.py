@@ -252,13 +252,16 @@ class Mailer:
             )
         except ValueError as exc:  # a malformed address or a line break in a header
             raise MailError(f"message refused before sending: {type(exc).__name__}") from None
+        # Logs name the mail by its Message-ID (ours: a random part and our domain), never by
+        # its subject, which may quote what a client wrote ("Re: …").
+        label = message.get("Message-ID", "(no Message-ID)")
         try:
             await self._deliver(message)
         except _ClearText:
             log.warning(
-                "mail: sending %r refused: %s:%d offered no STARTTLS and [mail] tls does not"
+                "mail: sending %s refused: %s:%d offered no STARTTLS and [mail] tls does not"
                 " allow clear text to it (tls = %s)",
-                subject,
+                label,
                 config.host,
                 config.port,
                 self._mode,
@@ -270,10 +273,10 @@ class Mailer:
             if (tls := _tls_failure(exc)) is not None:
                 detail = tls
             log.warning(
-                "mail: sending %r failed via %s:%d (%s)", subject, config.host, config.port, detail
+                "mail: sending %s failed via %s:%d (%s)", label, config.host, config.port, detail
             )
             raise MailError(f"SMTP delivery failed: {detail}") from None
-        log.info("mail: sent %r", subject)
+        log.info("mail: sent %s", label)
 
     async def _deliver(self, message: EmailMessage) -> None:
         """Connect as `[mail] tls` says, check the connection is encrypted where it must be,

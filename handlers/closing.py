@@ -26,7 +26,7 @@ from typing import Any
 
 from bot.domain import tickets as lifecycle
 from bot.domain.tickets import Channel, Kind, Refusal, Status, TicketState
-from bot.events import IncomingReaction
+from bot.events import EMAIL_ROOM, IncomingReaction
 from bot.i18n import N_, Msg
 from bot.routing import Context, DomainError, Router
 from bot.storage import repo
@@ -44,7 +44,7 @@ from handlers.common import (
     tell_client,
 )
 from handlers.common import tickets_msg as _tickets
-from handlers.effects import AskRating
+from handlers.effects import AskRating, ResolutionAnswered
 
 __all__ = ["router"]
 
@@ -76,9 +76,18 @@ _RESOLVED_CLIENT_TYPED = N_(
     "The support team considers your request {ref} solved. If it is, type !accept {ref}. If "
     "something is still wrong, type !notsolved {ref} and tell us what."
 )
+# A request made by e-mail: commands are not read from mails, a numbered reply is.
+_RESOLVED_CLIENT_MAIL = N_(
+    "The support team considers your request {ref} solved. If it is, reply to this e-mail "
+    "with 1. If something is still wrong, reply with 2 and tell us what."
+)
 _ACCEPTED_CLIENT = N_(
     "Thank you! {ref} is closed. The adaptations made are guaranteed until {warranty_until}: "
     "if the problem comes back before then, type !reopen {ref}."
+)
+_ACCEPTED_CLIENT_MAIL = N_(
+    "Thank you! {ref} is closed. The adaptations made are guaranteed until {warranty_until}: "
+    "if the problem comes back before then, reply to this e-mail with 2 and tell us what."
 )
 _ACCEPTED_CLIENT_NO_WARRANTY = N_("Thank you! {ref} is closed.")
 _ACCEPTED_STAFF = N_("The client accepted the resolution of {ref}: closed, warranty until {when}.")
@@ -174,13 +183,15 @@ async def resolve(ctx: Context) -> None:
     await _save_extra(ticket, resolved_at=ctx.now)
     ctx.reply(Msg(_RESOLVED_STAFF, {"ref": ticket.ref}))
     client = await Client.get(id=ticket.client_id)  # type: ignore[attr-defined]
-    bridged = bridged_nick(client.key, ticket.room_id) is not None
+    if ticket.room_id == EMAIL_ROOM:
+        text = _RESOLVED_CLIENT_MAIL  # answered by a reply (`on_resolution_answered`)
+    elif bridged_nick(client.key, ticket.room_id) is not None:
+        text = _RESOLVED_CLIENT_TYPED
+    else:
+        text = _RESOLVED_CLIENT
     # The outbox keeps this message's event id with the hook: a ✅ on it is an acceptance.
     await tell_client(
-        ctx,
-        ticket,
-        Msg(_RESOLVED_CLIENT_TYPED if bridged else _RESOLVED_CLIENT, {"ref": ticket.ref}),
-        on_sent=f"{RESOLVED_HOOK}{ticket.id}",
+        ctx, ticket, Msg(text, {"ref": ticket.ref}), on_sent=f"{RESOLVED_HOOK}{ticket.id}"
     )
 
 
@@ -202,9 +213,8 @@ async def _accept(ctx: Context, ticket: Ticket) -> None:
         ctx.send_staff(Msg(_ACCEPTED_STAFF_NO_WARRANTY, {"ref": ticket.ref}))
     else:
         until = state.warranty_until
-        await tell_client(
-            ctx, ticket, Msg(_ACCEPTED_CLIENT, {"ref": ticket.ref, "warranty_until": until})
-        )
+        text = _ACCEPTED_CLIENT_MAIL if ticket.room_id == EMAIL_ROOM else _ACCEPTED_CLIENT
+        await tell_client(ctx, ticket, Msg(text, {"ref": ticket.ref, "warranty_until": until}))
         ctx.send_staff(Msg(_ACCEPTED_STAFF, {"ref": ticket.ref, "when": until}))
     await ctx.try_emit(AskRating(ticket.id))
 
@@ -251,6 +261,31 @@ async def _not_solved(ctx: Context, ticket: Ticket, result: TicketState | Refusa
     await change(ctx, ticket, result, action="not_solved", actor=ctx.sender.key)
     ctx.reply(Msg(_NOT_SOLVED_CLIENT, {"ref": ticket.ref}))
     ctx.send_staff(Msg(_NOT_SOLVED_STAFF, {"ref": ticket.ref}))
+
+
+@router.effect(ResolutionAnswered)
+async def on_resolution_answered(ctx: Context, effect: ResolutionAnswered) -> None:
+    """The client of a request made by e-mail replied 1 or 2 to the mail saying it is solved
+    (`handlers.mail`): what `!accept` and `!notsolved` (or `!reopen`, under the warranty) do
+    in chat. An answer that no longer fits the ticket changes nothing: the mail is a note."""
+    ticket = await locked(effect.ticket_id)
+    state = repo.ticket_state(ticket)
+    if effect.solved:
+        if state.status is Status.RESOLVED:
+            await _accept(ctx, ticket)
+        return
+    if state.status is Status.RESOLVED:
+        result = lifecycle.reject_resolution(state)
+        told = (_NOT_SOLVED_CLIENT, _NOT_SOLVED_STAFF)
+    else:
+        result = lifecycle.reopen(state, ctx.now)
+        told = (_REOPENED_CLIENT, _REOPENED_STAFF)
+    if isinstance(result, Refusal):
+        return
+    action = "not_solved" if state.status is Status.RESOLVED else "reopened"
+    await change(ctx, ticket, result, action=action, actor=ctx.sender.key)
+    await tell_client(ctx, ticket, Msg(told[0], {"ref": ticket.ref}))
+    ctx.send_staff(Msg(told[1], {"ref": ticket.ref}))
 
 
 # -- warranty -----------------------------------------------------------------------------------

@@ -49,3 +49,13 @@ class LogTime:
     minutes: int
     staff: str
     note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResolutionAnswered:
+    """The client of a request made by e-mail answered the mail saying it is solved: 1
+    (`solved`) accepts the resolution, 2 says something is still wrong (or, once the ticket
+    is closed, that the problem came back under the warranty)."""
+
+    ticket_id: int
+    solved: bool

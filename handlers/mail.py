@@ -35,6 +35,10 @@ first response (R3). Clients who made a request in chat get its receipt by mail 
 follow their requests by e-mail (`!follow email on` / `!suivi mail oui`): what the bot writes
 to them about a request is then mailed as well (`handlers.common.tell_client`).
 
+The mail saying a request is solved asks for a reply of 1 (solved) or 2 (something is still
+wrong, and what): the first line of a reply is read for it, and `handlers.closing` then does
+what `!accept` or `!notsolved` do in chat (2 on a closed ticket, under its warranty: `!reopen`).
+
 Calls asked for by mail are not offered slots by mail: the receipt says the team will write to
 agree on a time. Commands (`!accept`…) are not read from mails.
 """
@@ -51,6 +55,7 @@ from bot.cards import defuse
 from bot.domain.intake import (
     IntakeStep,
 )
+from bot.domain.mail_in import resolution_answer
 from bot.domain.tickets import ENDED_STATUSES, Channel, Status, record_staff_answer
 from bot.events import EMAIL_ROOM, IncomingMail
 from bot.i18n import N_, Msg, Translator
@@ -74,7 +79,7 @@ from handlers.common import (
     staff_private,
     staff_ticket,
 )
-from handlers.effects import RequestOpened
+from handlers.effects import RequestOpened, ResolutionAnswered
 from handlers.mail_intake import (
     GREETING,
     THREAD_MAIL,
@@ -106,6 +111,8 @@ router = Router("mail")
 _NOT_OPEN = ENDED_STATUSES | {Status.CLOSED}
 _CALLS = frozenset({Channel.VIDEO, Channel.PHONE})
 _ANSWERABLE = frozenset(Status) - _NOT_OPEN
+# Where a reply of 1 or 2 answers the "solved" mail (closed: 2 under the warranty).
+_RESOLUTION_ASKED = frozenset({Status.RESOLVED, Status.CLOSED})
 
 # -- what staff read (the staff room's language) -----------------------------------------------
 
@@ -358,7 +365,14 @@ async def _on_ticket_mail(
     await refresh_card(ctx, ticket)
     _post_mail(ctx, ticket, mail, text)
     refused = await keep_files(ctx, ticket, row, mail)
-    ended = Status(ticket.status) in _NOT_OPEN
+    answer = resolution_answer(text)
+    before = ticket.status
+    if answer is not None and Status(ticket.status) in _RESOLUTION_ASKED:
+        # 1 or 2 in reply to the mail saying it is solved: `handlers.closing` decides and
+        # tells the client; a mail it did not act on is a note like any other.
+        await ctx.emit(ResolutionAnswered(ticket.id, solved=answer))
+        ticket = await Ticket.get(id=ticket.id)
+    ended = Status(ticket.status) in _NOT_OPEN and ticket.status == before
     if ended:
         status = ctx.render(Msg(_status_label(ticket.status)), ctx.services.staff_tr())
         ctx.send_staff(Msg(THREAD_ENDED, {"status": status}), thread=f"card:{ticket.id}")

@@ -18,6 +18,8 @@ Decisions worth knowing:
 * **Reactions can be taken back.** A rating reaction is kept as a `Reaction` row; removing
   the one that gave the current rating (Element removes a reaction clicked twice) falls back
   to the client's other rating reaction on the question, else withdraws the rating.
+* **Not for requests made by e-mail** (for now): a digit replied to a mail answers the
+  resolution question there (`handlers.mail`), and a rating of 2 would read as "not solved".
 * **Answers go where the ticket lives**, in the client's language (`tell_client`), checked
   against the room's members like every message about a ticket.
 * **Behind a bridge** a nickname is not an identity: anyone in the Talk conversation could
@@ -30,7 +32,7 @@ from __future__ import annotations
 from bot.cards import defuse
 from bot.domain import rating as satisfaction
 from bot.domain.rating import RATING_KEYS, keycap_value
-from bot.events import IncomingReaction, IncomingRedaction
+from bot.events import EMAIL_ROOM, IncomingReaction, IncomingRedaction
 from bot.i18n import N_, Msg
 from bot.routing import Context, Router, Situation
 from bot.storage import repo
@@ -104,6 +106,10 @@ async def on_ask_rating(ctx: Context, effect: AskRating) -> None:
     """Ask the client of a ticket that just closed to rate it, unless asked before."""
     ticket = await locked(effect.ticket_id)
     if not satisfaction.should_ask(repo.ticket_state(ticket), ticket.rating_asked_at):
+        return
+    if ticket.room_id == EMAIL_ROOM:
+        # Not by mail (for now): a reply's first digit there answers the resolution mail
+        # (1 solved, 2 not solved or back under warranty), and a rating "2" would reopen it.
         return
     ticket.rating_asked_at = ctx.now
     await ticket.save(update_fields=["rating_asked_at"])

@@ -60,7 +60,7 @@ from bot.events import (
     MailBounce,
 )
 
-__all__ = ["html_to_text", "mail_event_id", "new_text", "parse_mail"]
+__all__ = ["html_to_text", "mail_event_id", "new_text", "parse_mail", "resolution_answer"]
 
 #: Languages the reply cutter knows the "On … wrote:" lines of.
 _REPLY_LANGUAGES = ["fr", "en"]
@@ -74,6 +74,8 @@ _MAX_ID = 900
 _ID_RE = re.compile(r"<[^<>\s]{1,900}>")
 _PRECEDENCE_AUTO = frozenset({"bulk", "junk", "list", "auto_reply", "auto-reply"})
 _DAEMONS = frozenset({"mailer-daemon", "postmaster", "noreply", "no-reply", "donotreply"})
+# The answer to a "resolved" mail: 1 or 2 alone, or followed by a separator and text.
+_RESOLUTION = re.compile(r"\s*([12])(?:\s*[.):\-–—]|\s|$)")
 
 
 def mail_event_id(folder: str, uidvalidity: int, uid: int) -> str:
@@ -310,6 +312,21 @@ _STRUCTURE |= {"strong", "u", "a"}
 _DROPPED = {"script", "style", "head", "title", "blockquote", "template", "noscript"}
 _BREAKS = frozenset({"br", "p", "div", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "pre"})
 _BREAKS |= frozenset({"hr", "table", "ul", "ol"})
+
+
+def resolution_answer(text: str) -> bool | None:
+    """What a client answers to the mail saying their request is solved, from the first line
+    of a reply's new text: 1 (it is solved) is True, 2 (something is still wrong, usually
+    followed by what) is False; anything else is None, a mail like any other.
+
+    >>> [resolution_answer(t) for t in ("1", "2. Toujours vide", "10 réponses manquent", "Merci")]
+    [True, False, None, None]
+    """
+    for line in text.splitlines():
+        if line.strip():
+            match = _RESOLUTION.match(line)
+            return None if match is None else match.group(1) == "1"
+    return None
 
 
 def html_to_text(markup: str) -> str:

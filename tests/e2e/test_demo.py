@@ -4,23 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.policy
 import importlib.util
 import os
 import re
 import secrets
 import signal
+import stat
 import sys
 import time
+import tomllib
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
 from pathlib import Path
 
 import pytest
 from nio import RoomMessageNotice
 
-from bot.demo import READY_BANNER, synapse_pids
+from bot.demo import IMAP_ENV, READY_BANNER, SMTP_ENV, synapse_pids
 from bot.testing.matrix import login_client, send_text, wait_for_message
 from bot.testing.net import free_port
 from bot.testing.synapse import synapse_available
+from tests.imap import PASSWORD as IMAP_PASSWORD
+from tests.imap import USER as IMAP_USER
 
 pytestmark = pytest.mark.skipif(
     not synapse_available(), reason="matrix-synapse not installed (pip install -e '.[test]')"
@@ -48,9 +56,18 @@ class DemoRun:
         return match.groups()
 
 
-async def start_demo(data_dir: Path, port: int, cwd: Path, *, chat: bool = False) -> DemoRun:
+async def start_demo(
+    data_dir: Path,
+    port: int,
+    cwd: Path,
+    *,
+    chat: bool = False,
+    args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> DemoRun:
     """Start the demo and return once it printed its ready banner. With `chat`, its standard
-    input is a pipe (`run.process.stdin`) for the terminal chat."""
+    input is a pipe (`run.process.stdin`) for the terminal chat. `args` are more options,
+    `env` more variables (the shell's SUPPORT_BOT_* are not passed on)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -61,11 +78,13 @@ async def start_demo(data_dir: Path, port: int, cwd: Path, *, chat: bool = False
         str(data_dir),
         "--port",
         str(port),
+        *args,
         stdin=asyncio.subprocess.PIPE if chat else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         cwd=cwd,
-        env={k: v for k, v in os.environ.items() if not k.startswith("SUPPORT_BOT_")},
+        env={k: v for k, v in os.environ.items() if not k.startswith("SUPPORT_BOT_")}
+        | (env or {}),
     )
     lines: list[str] = []
     ready = asyncio.Event()
@@ -156,6 +175,8 @@ async def test_demo_starts_answers_stops_and_starts_again(tmp_path: Path) -> Non
         run = await start_demo(data_dir, port, cwd=tmp_path)
         try:
             rooms.append(run.find(r"staff room: (\S+)$") + run.find(r"client DM: (\S+)$"))
+            # No mailbox given: one line says how to give one.
+            assert "E-mail channel: off. To try it" in run.output
             (detail,) = run.find(READY_BANNER + r" \((.*)\)$")
             timings.append(f"{run.ready_seconds:.1f} s from launch ({detail})")
             await check_logins_and_help(run, tmp_path / f"nio-{attempt}")
@@ -275,3 +296,166 @@ async def test_an_older_demo_direct_chat_is_encrypted_when_reused(synapse) -> No
         assert await _rooms(api, logins, state) == (fresh[0], old_dm)
         assert await api["client"].is_encrypted(old_dm)
         assert await api["bot"].is_encrypted(old_dm)
+
+
+def demo_mail_from_client(body: str, subject: str, in_reply_to: str | None = None) -> bytes:
+    message = EmailMessage()
+    message["From"] = f"Claire Martin <{CLAIRE}>"
+    message["To"] = DEMO_SUPPORT
+    message["Subject"] = subject
+    message["Date"] = format_datetime(datetime.now(UTC))
+    message["Message-ID"] = make_msgid(domain="example.org")
+    if in_reply_to is not None:
+        message["In-Reply-To"] = in_reply_to
+        message["References"] = in_reply_to
+    message.set_content(body)
+    return message.as_bytes(policy=email.policy.SMTP)
+
+
+CLAIRE = "claire.martin@example.org"
+DEMO_SUPPORT = "support@localhost"
+
+
+async def test_the_demo_with_a_mailbox_answers_mails_and_threads_them_on_cards(
+    tmp_path: Path, imap_server, smtp
+) -> None:
+    """`support-bot demo` given a mailbox (a real Dovecot) and an SMTP server (aiosmtpd): its
+    bot.toml reads the mailbox, the banner says where to write, a mail there gets the intake
+    questions by mail, the answers a receipt and a card; the client's next mail is posted in
+    the card's thread, and what staff write in that thread is mailed to the client."""
+    if importlib.util.find_spec("bot.app") is None:
+        pytest.skip("bot.app not written yet")
+    server = imap_server()
+    inbox, smtp_port = smtp
+    data_dir = tmp_path / "demo-data"
+    run = await start_demo(
+        data_dir,
+        free_port(),
+        cwd=tmp_path,
+        args=("--mail-address", DEMO_SUPPORT),
+        env={
+            # The URLs in the environment: their passwords stay out of the command line.
+            IMAP_ENV: f"imap://{IMAP_USER}:{IMAP_PASSWORD}@127.0.0.1:{server.port}/INBOX",
+            SMTP_ENV: f"smtp://127.0.0.1:{smtp_port}",
+        },
+    )
+
+    def to_claire() -> list[EmailMessage]:
+        return [m for to, m in inbox.messages if CLAIRE in to]
+
+    async def mails(count: int, what: str) -> list[EmailMessage]:
+        deadline = time.monotonic() + ANSWER_TIMEOUT
+        while len(to_claire()) < count:
+            assert time.monotonic() < deadline, f"no {what} by mail:\n{run.output}"
+            await asyncio.sleep(0.2)
+        return to_claire()
+
+    try:
+        assert f"E-mail channel: write to {DEMO_SUPPORT} (from another address)." in run.output
+        assert f"127.0.0.1:{server.port}/INBOX" in run.output
+        assert "card's thread" in run.output
+        assert IMAP_PASSWORD not in run.output
+        config_file = data_dir / "bot.toml"
+        assert stat.S_IMODE(config_file.stat().st_mode) == 0o600
+        written = tomllib.loads(config_file.read_text(encoding="utf-8"))
+        assert written["mail"]["inbound"] == {
+            "host": "127.0.0.1",
+            "port": server.port,
+            "username": IMAP_USER,
+            "password": IMAP_PASSWORD,
+            "folder": "INBOX",
+        }
+        assert (written["mail"]["host"], written["mail"]["port"]) == ("127.0.0.1", smtp_port)
+
+        (homeserver,) = run.find(r"^\s+homeserver\s+(http://\S+)")
+        staff_id, staff_password = run.find(r"^\s+staff\s+(@\S+)\s+password: (\S+)$")
+        (staff_room,) = run.find(r"staff room: (\S+)$")
+        staff = await login_client(
+            homeserver,
+            staff_id,
+            staff_password,
+            store_path=tmp_path / "nio-staff",
+            encryption=False,
+        )
+        try:
+            await server.append(
+                demo_mail_from_client(
+                    "Bonjour, les relances d'invitations ne partent plus depuis lundi.",
+                    "Relances bloquées",
+                )
+            )
+            (questions,) = await mails(1, "intake questions")
+            assert "1. Quelle catégorie" in demo_text(questions)
+            await server.append(
+                demo_mail_from_client(
+                    "1. 5\n2. https://sondage.example.org 6.4.2\n3. 1",
+                    "Re: " + questions["Subject"],
+                    in_reply_to=questions["Message-ID"],
+                )
+            )
+            receipt = (await mails(2, "receipt"))[1]
+            ref = re.search(r"\[(SP-\d{4}-\d{4,})\]", receipt["Subject"])
+            assert ref is not None, receipt["Subject"]
+            card = await wait_for_message(
+                staff,
+                staff_room,
+                lambda m: ref[1] in m.body and "m.relates_to" not in m.source["content"],
+                timeout=ANSWER_TIMEOUT,
+            )
+
+            # The client's next mail: in the card's thread.
+            await server.append(
+                demo_mail_from_client(
+                    "Voici le lien du questionnaire : https://sondage.example.org/123456",
+                    "Re: " + receipt["Subject"],
+                    in_reply_to=receipt["Message-ID"],
+                )
+            )
+
+            def in_thread(message) -> bool:
+                relation = message.source["content"].get("m.relates_to") or {}
+                return (
+                    relation.get("rel_type") == "m.thread"
+                    and relation.get("event_id") == card.event_id
+                )
+
+            posted = await wait_for_message(
+                staff,
+                staff_room,
+                lambda m: in_thread(m) and "Voici le lien" in m.body,
+                timeout=ANSWER_TIMEOUT,
+            )
+            assert posted.sender != staff_id
+            # Staff answer in the thread: mailed to the client, in the request's thread.
+            await staff.room_send(
+                staff_room,
+                "m.room.message",
+                {
+                    "msgtype": "m.text",
+                    "body": "Merci, je regarde les relances cet après-midi.",
+                    "m.relates_to": {
+                        "rel_type": "m.thread",
+                        "event_id": card.event_id,
+                        "is_falling_back": True,
+                        "m.in_reply_to": {"event_id": card.event_id},
+                    },
+                },
+            )
+            answer = (await mails(3, "staff answer"))[2]
+            assert "je regarde les relances" in demo_text(answer)
+            assert f"[{ref[1]}]" in answer["Subject"]
+            assert receipt["Message-ID"] in answer["References"]
+        finally:
+            await staff.close()
+    finally:
+        code = await stop_demo(run)
+        for pid in synapse_pids(data_dir / "synapse"):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+    assert code == 0, run.output
+
+
+def demo_text(message: EmailMessage) -> str:
+    part = message.get_body(("plain",))
+    assert part is not None
+    return part.get_content().replace("\r\n", "\n")

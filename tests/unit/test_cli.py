@@ -86,7 +86,7 @@ def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None
         (["tickets", "--help"], ("list", "show", "export")),
         (["client", "--help"], ("export", "erase")),
         (["report", "--help"], ("--month", "--format")),
-        (["demo", "--help"], ("--data-dir", "--port", "--no-chat", "--reset")),
+        (["demo", "--help"], ("--data-dir", "--port", "--no-chat", "--reset", "--imap", "--smtp")),
     ],
 )
 def test_subcommand_help(

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from bot.domain.intake import IntakeStep, OpenRequest
-from bot.domain.mail_in import html_to_text, new_text, parse_mail
+from bot.domain.mail_in import html_to_text, new_text, parse_mail, resolution_answer
 from bot.domain.mail_intake import answer_by_mail, read_answers, start_by_mail, subject_topic
 
 NOW = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
@@ -306,3 +306,26 @@ def test_with_an_open_request_the_mail_may_go_to_it():
     assert about.effects[0].ref == "SP-2026-0042"
     new = answer_by_mail(turn.intake, turn.asked, "2. 8\n4. 1", now=NOW)
     assert new.intake.step is not IntakeStep.RELATED and new.intake.category == "usage"
+
+
+@pytest.mark.parametrize(
+    ("text", "answer"),
+    [
+        ("1", True),
+        ("  1.\n\nMerci beaucoup", True),
+        ("1 merci, tout fonctionne", True),
+        ("\n\n2) L'export est toujours vide", False),
+        ("2 - it still fails", False),
+        ("2", False),
+        ("10 réponses manquent", None),
+        ("1,5 h de perdues", None),
+        ("2h plus tard, toujours rien", None),
+        ("Merci, c'est résolu", None),
+        ("3", None),
+        ("", None),
+    ],
+)
+def test_the_answer_to_a_solved_mail_is_read_from_the_first_line(
+    text: str, answer: bool | None
+) -> None:
+    assert resolution_answer(text) is answer
