@@ -17,8 +17,8 @@ import pytest
 
 from bot.events import EMAIL_ROOM
 from bot.mail import Mailer
-from bot.mailbox.reader import MailboxReader
 from bot.mailbox.raw import RawMail
+from bot.mailbox.reader import MailboxReader
 from bot.mailin import ChannelSink
 from bot.storage.models import MailMessage, Ticket, TicketNote
 from bot.testing.harness import STAFF, STAFF_ROOM, BotHarness, Crash
