@@ -29,12 +29,12 @@ from typing import Any
 
 from bot.domain.balance import Balance
 from bot.domain.tickets import Kind, billed_tickets
+from bot.storage.instants import require_aware
 from bot.storage.models import Client, Organisation, OrgMember, Purchase, Ticket
 from bot.storage.repo import (
     _STATE_FIELDS,
     REPORT_COLUMNS,
     REPORT_SUMS,
-    _require_aware,
     month_bounds,
     report_month,
     ticket_state,
@@ -138,7 +138,7 @@ async def balance_of(account: Account, *, until: datetime | None = None) -> Bala
     """An account's balance now, or as it stood at `until` (purchases recorded and tickets
     opened before it, billed as of today)."""
     if until is not None:
-        _require_aware(until)
+        require_aware(until)
     clients, organisations = await _scope(account)
     purchased = await _purchased(clients, organisations, until)
     return Balance(purchased=purchased, billed=await _billed(clients, until))
@@ -160,8 +160,8 @@ async def monthly_consumption(
     """Per account, for the period [start, end): (account, tickets purchased in it, tickets
     billed by the tickets opened in it, balance at `end`). Every account that had a purchase
     recorded or a ticket billed by `end`; organisations first, by name, then clients alone."""
-    _require_aware(start)
-    _require_aware(end)
+    require_aware(start)
+    require_aware(end)
     organisation_of = dict(await OrgMember.all().values_list("client_id", "organisation_id"))
     purchased_in: dict[tuple[str, int], int] = defaultdict(int)
     billed_in: dict[tuple[str, int], int] = defaultdict(int)

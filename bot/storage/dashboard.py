@@ -9,7 +9,7 @@ PostgreSQL. Logins: a one-time link row (`kind` "link") is exchanged once for a 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from tortoise.expressions import Q
 from tortoise.transactions import in_transaction
@@ -36,14 +36,6 @@ SESSION = "session"
 _ACTIVE_BOOKING = "active"
 
 
-def _utc(moment: datetime) -> datetime:
-    """`moment` in UTC. SQLite compares the stored text: a bound written with another offset
-    ("…00:00+01:00" against "…23:30+00:00") would compare wrongly."""
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError("naive datetime refused: pass an aware datetime")
-    return moment.astimezone(UTC)
-
-
 # -- figures ----------------------------------------------------------------------------------
 
 
@@ -51,7 +43,7 @@ async def deadline_rows(start: datetime, end: datetime) -> list[tuple[datetime, 
     """`(sla_due, first_response_at)` of the requests whose deadline falls in [start, end),
     but those the client cancelled before anyone answered."""
     return list(
-        await Ticket.filter(sla_due__gte=_utc(start), sla_due__lt=_utc(end))
+        await Ticket.filter(sla_due__gte=start, sla_due__lt=end)
         .exclude(Q(status=str(Status.CANCELLED)) & Q(first_response_at__isnull=True))
         .values_list("sla_due", "first_response_at")
     )
@@ -60,9 +52,7 @@ async def deadline_rows(start: datetime, end: datetime) -> list[tuple[datetime, 
 async def rating_rows(start: datetime, end: datetime) -> list[tuple[datetime, int]]:
     """`(rated_at, rating)` of the ratings given in [start, end)."""
     return list(
-        await Ticket.filter(
-            rated_at__gte=_utc(start), rated_at__lt=_utc(end), rating__isnull=False
-        )
+        await Ticket.filter(rated_at__gte=start, rated_at__lt=end, rating__isnull=False)
         .order_by("rated_at", "id")
         .values_list("rated_at", "rating")
     )
@@ -81,7 +71,7 @@ class CallRow:
 async def week_calls(start: datetime, end: datetime) -> list[CallRow]:
     """The calls booked (not cancelled) that start in [start, end), in time order."""
     rows = (
-        await Booking.filter(status=_ACTIVE_BOOKING, start__gte=_utc(start), start__lt=_utc(end))
+        await Booking.filter(status=_ACTIVE_BOOKING, start__gte=start, start__lt=end)
         .order_by("start", "staff", "id")
         .values_list("staff", "start", "end", "ticket__ref", "ticket__channel", "no_show_at")
     )
@@ -97,7 +87,6 @@ async def week_calls(start: datetime, end: datetime) -> list[CallRow]:
 async def issue_login(staff: str, digest: str, now: datetime, expires_at: datetime) -> None:
     """Store a one-time link for `staff`. Their earlier unused links stop working, and rows
     of everyone that have expired are deleted (they would only ever answer 403)."""
-    now, expires_at = _utc(now), _utc(expires_at)
     async with in_transaction() as conn:
         await DashboardToken.filter(expires_at__lt=now).using_db(conn).delete()
         await (
@@ -124,7 +113,6 @@ async def open_session(
 ) -> DashboardToken | None:
     """Use the link once: mark it used and create the session, in one transaction. None when
     the link is unknown, expired or already used (a second tab, a replay)."""
-    now, expires_at = _utc(now), _utc(expires_at)
     async with in_transaction() as conn:
         # The conditional update is what makes the link single-use under concurrency.
         used = (
@@ -149,9 +137,7 @@ async def open_session(
 
 async def session_of(digest: str, now: datetime) -> DashboardToken | None:
     """The session of a cookie, while it lasts."""
-    return await DashboardToken.get_or_none(
-        token_hash=digest, kind=SESSION, expires_at__gt=_utc(now)
-    )
+    return await DashboardToken.get_or_none(token_hash=digest, kind=SESSION, expires_at__gt=now)
 
 
 async def end_session(digest: str) -> None:

@@ -10,6 +10,8 @@ from tortoise import fields
 from tortoise.indexes import Index
 from tortoise.models import Model
 
+from bot.storage import instants
+
 
 # Small key/value rows: sync token, access token, device id.
 class BotState(Model):
@@ -24,7 +26,7 @@ class BotState(Model):
 class HandledEvent(Model):
     event_id = fields.CharField(max_length=255, primary_key=True)
     room_id = fields.CharField(max_length=255)
-    handled_at = fields.DatetimeField()
+    handled_at = instants.DatetimeField()
 
     class Meta:
         table = "handled_event"
@@ -44,8 +46,8 @@ class OutboxItem(Model):
     content = fields.JSONField()
     target = fields.CharField(max_length=255, null=True)
     on_sent = fields.CharField(max_length=255, null=True)
-    created_at = fields.DatetimeField()
-    sent_at = fields.DatetimeField(null=True)
+    created_at = instants.DatetimeField()
+    sent_at = instants.DatetimeField(null=True)
     event_id = fields.CharField(max_length=255, null=True)
     attempts = fields.IntField(default=0)
     failed = fields.BooleanField(default=False)
@@ -62,11 +64,11 @@ class Client(Model):
     display_name = fields.CharField(max_length=255, null=True)
     email = fields.CharField(max_length=320, null=True)
     locale = fields.CharField(max_length=8, null=True)
-    terms_shown_at = fields.DatetimeField(null=True)
+    terms_shown_at = instants.DatetimeField(null=True)
     terms_url = fields.CharField(max_length=512, null=True)
     private_room_id = fields.CharField(max_length=255, null=True)
-    erased_at = fields.DatetimeField(null=True)
-    created_at = fields.DatetimeField()
+    erased_at = instants.DatetimeField(null=True)
+    created_at = instants.DatetimeField()
     # The client follows their requests by e-mail too (`!follow email on`): what the bot and
     # staff write to them about a request is also mailed to the request's address.
     follow_by_email = fields.BooleanField(default=False)
@@ -92,9 +94,9 @@ class Conversation(Model):
     step = fields.CharField(max_length=32)
     data = fields.JSONField(default=dict)
     version = fields.IntField(default=0)
-    updated_at = fields.DatetimeField()
+    updated_at = instants.DatetimeField()
     # When the sweeper should look at it next (reminder or expiry); NULL when finished.
-    due_at = fields.DatetimeField(null=True)
+    due_at = instants.DatetimeField(null=True)
 
     class Meta:
         table = "conversation"
@@ -131,32 +133,32 @@ class Ticket(Model):
     instance_version = fields.CharField(max_length=64, null=True)
     survey_id = fields.CharField(max_length=32, null=True)
     email = fields.CharField(max_length=320, null=True)
-    created_at = fields.DatetimeField()
-    sla_due = fields.DatetimeField(null=True)
-    first_response_at = fields.DatetimeField(null=True)
+    created_at = instants.DatetimeField()
+    sla_due = instants.DatetimeField(null=True)
+    first_response_at = instants.DatetimeField(null=True)
     assigned_to = fields.CharField(max_length=255, null=True)
     estimate_minutes = fields.IntField(null=True)
     confirmed_tickets = fields.IntField(null=True)
     minutes_logged = fields.IntField(default=0)
-    client_confirmed_at = fields.DatetimeField(null=True)
+    client_confirmed_at = instants.DatetimeField(null=True)
     staff_confirmed_by = fields.CharField(max_length=255, null=True)
-    resolved_at = fields.DatetimeField(null=True)
-    accepted_at = fields.DatetimeField(null=True)
-    warranty_until = fields.DatetimeField(null=True)
+    resolved_at = instants.DatetimeField(null=True)
+    accepted_at = instants.DatetimeField(null=True)
+    warranty_until = instants.DatetimeField(null=True)
     card_event_id = fields.CharField(max_length=255, null=True, unique=True)
-    sla_warned_at = fields.DatetimeField(null=True)
-    sla_missed_at = fields.DatetimeField(null=True)
+    sla_warned_at = instants.DatetimeField(null=True)
+    sla_missed_at = instants.DatetimeField(null=True)
     converted_from = fields.CharField(max_length=32, null=True)
     closed_reason = fields.TextField(null=True)
     version = fields.IntField(default=0)
     # Satisfaction (asked once, when the client accepts a resolution or the ticket closes):
     # when it was asked, the question's event (reactions 1️⃣–5️⃣ on it count), the rating 1–5,
     # an optional comment and when it was given.
-    rating_asked_at = fields.DatetimeField(null=True)
+    rating_asked_at = instants.DatetimeField(null=True)
     rating_event_id = fields.CharField(max_length=255, null=True)
     rating = fields.IntField(null=True)
     rating_comment = fields.TextField(null=True)
-    rated_at = fields.DatetimeField(null=True)
+    rated_at = instants.DatetimeField(null=True)
     # A staff ✅ given on the card before the client consented (refused then, remembered):
     # who, and the reaction's event id; and the staff-room "start now?" message the bot posted
     # once the client consented, whose own ✅ confirms in one click.
@@ -176,7 +178,7 @@ class TicketNote(Model):
     )
     author_key = fields.CharField(max_length=512)
     text = fields.TextField()
-    at = fields.DatetimeField()
+    at = instants.DatetimeField()
 
     class Meta:
         table = "ticket_note"
@@ -193,7 +195,7 @@ class TimeLog(Model):
     staff = fields.CharField(max_length=255)
     minutes = fields.IntField()
     note = fields.TextField(null=True)
-    at = fields.DatetimeField()
+    at = instants.DatetimeField()
 
     class Meta:
         table = "time_log"
@@ -207,7 +209,7 @@ class AuditEntry(Model):
         "models.Ticket", related_name="audit", on_delete=fields.CASCADE
     )
     actor = fields.CharField(max_length=512)
-    at = fields.DatetimeField()
+    at = instants.DatetimeField()
     action = fields.CharField(max_length=64)
     from_status = fields.CharField(max_length=32, null=True)
     to_status = fields.CharField(max_length=32, null=True)
@@ -225,7 +227,7 @@ class Reaction(Model):
     target_event_id = fields.CharField(max_length=255)
     sender = fields.CharField(max_length=255)
     key = fields.CharField(max_length=64)
-    at = fields.DatetimeField()
+    at = instants.DatetimeField()
 
     class Meta:
         table = "reaction"
@@ -239,24 +241,24 @@ class Booking(Model):
         "models.Ticket", related_name="bookings", on_delete=fields.CASCADE
     )
     staff = fields.CharField(max_length=255)
-    start = fields.DatetimeField()
-    end = fields.DatetimeField()
+    start = instants.DatetimeField()
+    end = instants.DatetimeField()
     slot_lock = fields.CharField(max_length=320, null=True, unique=True)
     status = fields.CharField(max_length=16, default="active")
     provider = fields.CharField(max_length=32, null=True)
     meeting_id = fields.CharField(max_length=255, null=True)
     client_url = fields.TextField(null=True)
     staff_url = fields.TextField(null=True)
-    created_at = fields.DatetimeField()
+    created_at = instants.DatetimeField()
     # No meeting link yet (the provider failed): when the reminder sweeper asks again.
-    link_retry_at = fields.DatetimeField(null=True)
+    link_retry_at = instants.DatetimeField(null=True)
     # When the sweeper was done with the provider's meeting once the booking was cancelled or
     # its call long over (ended, nothing to end, left to a booking re-using it, or given up):
     # NULL while that is still to do.
-    meeting_ended_at = fields.DatetimeField(null=True)
+    meeting_ended_at = instants.DatetimeField(null=True)
     # The client did not join: when staff said so (🚫 on the call's staff message or !noshow),
     # and who. Whether it bills the ticket is `service.no_show_billed`.
-    no_show_at = fields.DatetimeField(null=True)
+    no_show_at = instants.DatetimeField(null=True)
     no_show_by = fields.CharField(max_length=255, null=True)
     # The call's message in the staff room (a 🚫 reaction on it marks a no-show).
     staff_event_id = fields.CharField(max_length=255, null=True)
@@ -272,8 +274,8 @@ class Reminder(Model):
         "models.Booking", related_name="reminders", on_delete=fields.CASCADE
     )
     offset_minutes = fields.IntField()
-    due_at = fields.DatetimeField()
-    sent_at = fields.DatetimeField(null=True)
+    due_at = instants.DatetimeField()
+    sent_at = instants.DatetimeField(null=True)
 
     class Meta:
         table = "reminder"
@@ -284,10 +286,10 @@ class Reminder(Model):
 class Block(Model):
     id = fields.IntField(primary_key=True)
     staff = fields.CharField(max_length=255, null=True)
-    start = fields.DatetimeField()
-    end = fields.DatetimeField()
+    start = instants.DatetimeField()
+    end = instants.DatetimeField()
     created_by = fields.CharField(max_length=255)
-    created_at = fields.DatetimeField()
+    created_at = instants.DatetimeField()
 
     class Meta:
         table = "block"
@@ -301,7 +303,7 @@ class SlotOffer(Model):
     )
     slots = fields.JSONField()
     event_id = fields.CharField(max_length=255, null=True)
-    created_at = fields.DatetimeField()
+    created_at = instants.DatetimeField()
     active = fields.BooleanField(default=True)
 
     class Meta:
@@ -317,9 +319,9 @@ class ConfirmationToken(Model):
     token_hash = fields.CharField(max_length=128, unique=True)
     tickets = fields.IntField()
     estimate_minutes = fields.IntField()
-    created_at = fields.DatetimeField()
-    expires_at = fields.DatetimeField()
-    used_at = fields.DatetimeField(null=True)
+    created_at = instants.DatetimeField()
+    expires_at = instants.DatetimeField()
+    used_at = instants.DatetimeField(null=True)
 
     class Meta:
         table = "confirmation_token"
@@ -329,7 +331,7 @@ class ConfirmationToken(Model):
 class StaffFeed(Model):
     staff = fields.CharField(max_length=255, primary_key=True)
     token_hash = fields.CharField(max_length=128, unique=True)
-    created_at = fields.DatetimeField()
+    created_at = instants.DatetimeField()
 
     class Meta:
         table = "staff_feed"
@@ -338,7 +340,7 @@ class StaffFeed(Model):
 # One-time notices already given (SLA warnings, flood notices…), unique by key.
 class Notice(Model):
     key = fields.CharField(max_length=255, primary_key=True)
-    at = fields.DatetimeField()
+    at = instants.DatetimeField()
 
     class Meta:
         table = "notice"
@@ -352,7 +354,7 @@ class UndecryptedEvent(Model):
     sender = fields.CharField(max_length=255)
     session_id = fields.CharField(max_length=255)
     source = fields.JSONField()
-    received_at = fields.DatetimeField()
+    received_at = instants.DatetimeField()
     attempts = fields.IntField(default=0)
     # Why its key will not come, once known (a withheld code, or the bot's own
     # `SESSION_STARTS_LATER`); the sender is then told at once. Kept all the same.
@@ -373,7 +375,7 @@ class WithheldKey(Model):
     room_id = fields.CharField(max_length=255)
     session_id = fields.CharField(max_length=255)
     code = fields.CharField(max_length=64)
-    received_at = fields.DatetimeField()
+    received_at = instants.DatetimeField()
 
     class Meta:
         table = "withheld_key"
@@ -392,8 +394,8 @@ class DeferredEvent(Model):
     room_id = fields.CharField(max_length=255)
     # The `bot.events` value: its class name under "kind", its fields, `ts` in ISO 8601.
     event = fields.JSONField()
-    due_at = fields.DatetimeField()
-    deferred_at = fields.DatetimeField()
+    due_at = instants.DatetimeField()
+    deferred_at = instants.DatetimeField()
 
     class Meta:
         table = "deferred_event"
@@ -411,7 +413,7 @@ class Organisation(Model):
     # `name` folded (casefold, stripped): what `!org add NAME` looks up; unique.
     name_key = fields.CharField(max_length=128, unique=True)
     created_by = fields.CharField(max_length=255)
-    created_at = fields.DatetimeField()
+    created_at = instants.DatetimeField()
 
     class Meta:
         table = "organisation"
@@ -427,7 +429,7 @@ class OrgMember(Model):
         "models.Client", related_name="memberships", on_delete=fields.CASCADE, unique=True
     )
     added_by = fields.CharField(max_length=255)
-    added_at = fields.DatetimeField()
+    added_at = instants.DatetimeField()
 
     class Meta:
         table = "org_member"
@@ -447,7 +449,7 @@ class Purchase(Model):
     tickets = fields.IntField()
     note = fields.TextField(null=True)
     recorded_by = fields.CharField(max_length=255)
-    at = fields.DatetimeField()
+    at = instants.DatetimeField()
 
     class Meta:
         table = "purchase"
@@ -464,9 +466,9 @@ class DashboardToken(Model):
     token_hash = fields.CharField(max_length=128, unique=True)
     kind = fields.CharField(max_length=16)
     staff = fields.CharField(max_length=255)
-    created_at = fields.DatetimeField()
-    expires_at = fields.DatetimeField()
-    used_at = fields.DatetimeField(null=True)
+    created_at = instants.DatetimeField()
+    expires_at = instants.DatetimeField()
+    used_at = instants.DatetimeField(null=True)
 
     class Meta:
         table = "dashboard_token"
@@ -479,7 +481,7 @@ class MailboxPosition(Model):
     folder = fields.CharField(max_length=255, primary_key=True)
     uidvalidity = fields.BigIntField()
     last_uid = fields.BigIntField()
-    updated_at = fields.DatetimeField()
+    updated_at = instants.DatetimeField()
 
     class Meta:
         table = "mailbox_position"
@@ -507,7 +509,7 @@ class MailMessage(Model):
     # A bounce's status and diagnostic; why a mail was not handled.
     detail = fields.TextField(null=True)
     event_id = fields.CharField(max_length=255, null=True)  # mail:<folder>:<uidvalidity>:<uid>
-    at = fields.DatetimeField()
+    at = instants.DatetimeField()
 
     class Meta:
         table = "mail_message"

@@ -20,6 +20,7 @@ from tortoise.transactions import in_transaction
 
 from bot.domain.bridge import bridged_nick
 from bot.events import MAILTO
+from bot.storage.instants import require_aware
 from bot.storage.models import (
     AuditEntry,
     Booking,
@@ -44,7 +45,6 @@ from bot.storage.repo import (
     ANON_PREFIX,
     ERASED_TEXT,
     _iso,
-    _require_aware,
     active_booking,
     audit,
     booking_to_json,
@@ -317,7 +317,7 @@ async def erase_data(key: str, *, now: datetime, actor: str = "system") -> Erasu
     never go out); the sent ones are returned for redaction, except the card itself, which gets
     a placeholder edit instead.
     """
-    _require_aware(now)
+    require_aware(now)
     async with in_transaction():
         if not await holds_data(key):
             return None
@@ -591,7 +591,7 @@ async def prune_outbox(before: datetime) -> int:
     (`on_sent`) keeps its room, event id and tag without its content (kind "pruned"): a
     reaction may still look it up (a client's ✅ on a "resolved" message). Returns how many
     rows were deleted or emptied."""
-    _require_aware(before)
+    require_aware(before)
     old = Q(sent_at__lt=before) | Q(failed=True, created_at__lt=before)
     async with in_transaction():
         deleted = await OutboxItem.filter(old, on_sent__isnull=True).delete()

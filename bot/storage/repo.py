@@ -58,6 +58,7 @@ from bot.domain.tickets import (
     TicketState,
     billed_tickets,
 )
+from bot.storage.instants import require_aware
 from bot.storage.models import (
     AuditEntry,
     Booking,
@@ -178,7 +179,7 @@ async def audit(
 ) -> AuditEntry:
     """Record one state change of `ticket` (who, when, what), SPEC §7. The ticket's reference
     is on every log line written after it while the same event is handled."""
-    _require_aware(at)
+    require_aware(at)
     logcontext.bind(ref=ticket.ref)
     return await AuditEntry.create(
         ticket=ticket,
@@ -198,7 +199,7 @@ async def get_or_create_client(
     key: str, *, now: datetime, display_name: str | None = None
 ) -> Client:
     """The client with `key`, created on first contact; a new display name is remembered."""
-    _require_aware(now)
+    require_aware(now)
     client = await Client.get_or_none(key=key)
     if client is None:
         try:
@@ -269,7 +270,7 @@ def is_overdue(
 
 async def queue(now: datetime) -> list[Ticket]:
     """Work staff owe: overdue first, then by SLA due time (none last), then oldest first."""
-    _require_aware(now)
+    require_aware(now)
     tickets = (
         await Ticket.filter(status__in=[str(s) for s in ACTIVE_STATUSES])
         .select_related("client")
@@ -440,9 +441,7 @@ async def report_month(year: int, month: int, tz: tzinfo) -> list[dict[str, Any]
     """Per client, what was opened in the local month and what it bills (see module doc)."""
     start, end = month_bounds(year, month, tz)
     tickets = (
-        await Ticket.filter(
-            created_at__gte=start.astimezone(UTC), created_at__lt=end.astimezone(UTC)
-        )
+        await Ticket.filter(created_at__gte=start, created_at__lt=end)
         .select_related("client")
         .order_by("created_at", "id")
     )
@@ -503,8 +502,3 @@ def rows_csv(columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> str:
 def report_csv(rows: Iterable[Mapping[str, Any]]) -> str:
     """The monthly report (`report_month`) as CSV, one line per client."""
     return rows_csv(REPORT_COLUMNS, rows)
-
-
-def _require_aware(moment: datetime) -> None:
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError("naive datetime refused: pass an aware datetime")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -70,11 +70,10 @@ class View:
         return figures.months_ending(figures.month_of(self.now, self.tz))
 
     def bounds(self, months: list[date]) -> tuple[datetime, datetime]:
-        """From the first local midnight of `months` to the one after them, in UTC (the
-        queries compare with stored UTC times)."""
+        """From the first local midnight of `months` to the one after them."""
         start = figures.local_midnight(months[0], self.tz)
         end = figures.local_midnight(figures.next_month(months[-1]), self.tz)
-        return start.astimezone(UTC), end.astimezone(UTC)
+        return start, end
 
 
 @dataclass(frozen=True, slots=True)

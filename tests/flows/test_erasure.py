@@ -13,8 +13,9 @@ import html
 import json
 import re
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, timedelta, timezone, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from tortoise import Tortoise
@@ -375,6 +376,31 @@ async def test_sent_rows_are_forgotten_after_the_retention(bot):
 
     await privacy.prune_outbox(bot.services, now)  # nothing more to do
     assert await OutboxItem.all().count() == 4
+
+
+@pytest.mark.parametrize(
+    "zone",
+    [UTC, ZoneInfo("Europe/Paris"), timezone(timedelta(hours=-7))],
+    ids=["utc", "paris", "utc-7"],
+)
+async def test_the_retention_ends_at_the_same_instant_in_any_zone(bot, zone: tzinfo):
+    """The limit is an instant: the same rows go whatever the zone `now` is written in (the
+    service's clock is UTC; a caller in local time must not shift the limit by its offset)."""
+    limit = bot.clock() - timedelta(days=3)
+    for txn, sent in (
+        ("just-before", limit - timedelta(minutes=1)),
+        ("just-after", limit + timedelta(minutes=1)),
+        ("hours-before", limit - timedelta(hours=5)),
+        ("hours-after", limit + timedelta(hours=1, minutes=30)),
+    ):
+        await OutboxItem.create(
+            txn_id=txn, room_id=DM, kind="message", content={}, created_at=sent, sent_at=sent
+        )
+    await privacy.prune_outbox(bot.services, bot.clock().astimezone(zone))
+    assert set(await OutboxItem.all().values_list("txn_id", flat=True)) == {
+        "just-after",
+        "hours-after",
+    }
 
 
 async def test_the_retention_is_configured(db_url):

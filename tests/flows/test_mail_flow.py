@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import email.policy
 from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, timedelta, timezone, tzinfo
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -387,3 +390,60 @@ async def test_a_flood_from_one_address_is_left_unanswered_and_staff_told_once(b
     assert answered <= 5
     told = [s for s in bot.in_room(STAFF_ROOM) if JEAN.split("@")[0] in s.body]
     assert len(told) == 1
+
+
+# -- mail servers in other time zones ------------------------------------------------------------
+
+# An IMAP server dates each mail (INTERNALDATE) in its own zone, offset included: a French
+# server writes +0100. The bot compares those times with stored ones, in UTC.
+ZONES = [UTC, ZoneInfo("Europe/Paris"), timezone(timedelta(hours=-7))]
+ZONE_IDS = ["utc", "paris", "utc-7"]
+
+
+async def arrive(bot: BotHarness, raw: bytes, zone: tzinfo) -> bool:
+    """`raw` as an IMAP server in `zone` hands it over (its arrival in that zone's offset)."""
+    dated = replace(bot.raw_mail(raw), internal_date=bot.clock().astimezone(zone))
+    return await bot.receive_mail(dated)
+
+
+def flood_told(bot: BotHarness) -> list[Sent]:
+    return [s for s in bot.in_room(STAFF_ROOM) if JEAN.split("@")[0] in s.body]
+
+
+@pytest.mark.parametrize("zone", ZONES, ids=ZONE_IDS)
+async def test_the_flood_limit_counts_the_last_hour_in_the_servers_zone(bot, zone):
+    # Six mails over six hours: never more than one in an hour, no flood.
+    for n in range(6):
+        bot.clock.advance(timedelta(minutes=61))
+        raw, _ = mail(f"Message numéro {n}, une heure après le précédent.", subject=f"Q {n}")
+        await arrive(bot, raw, zone)
+    assert not flood_told(bot)
+    assert not await MailMessage.exists(kind="limited")
+    # Then eight in a minute: the sixth one of the hour on are left unanswered.
+    answered = len(mails_to(bot, JEAN))
+    for n in range(8):
+        bot.clock.advance(timedelta(seconds=5))
+        raw, _ = mail(f"Message numéro {n} pour vous embêter un peu.", subject=f"Spam {n}")
+        await arrive(bot, raw, zone)
+    assert len(mails_to(bot, JEAN)) - answered <= 5
+    assert len(flood_told(bot)) == 1
+
+
+@pytest.mark.parametrize("zone", ZONES, ids=ZONE_IDS)
+async def test_an_unfinished_mail_intake_is_reminded_on_time_in_the_servers_zone(bot, zone):
+    raw, _ = mail("Bonjour,\n\nMon quota ne ferme pas le questionnaire quand il est plein.")
+    await arrive(bot, raw, zone)
+    (questions,) = mails_to(bot, JEAN)
+    bot.clock.advance(timedelta(minutes=10))
+    reply, _ = mail(
+        "1. 2", subject="Re: " + questions["Subject"], in_reply_to=questions["Message-ID"]
+    )
+    await arrive(bot, reply, zone)  # a partial answer: the other questions again
+    asked = len(mails_to(bot, JEAN))
+    reminder_after = timedelta(hours=bot.config.service.intake_reminder_hours)
+    bot.clock.advance(reminder_after - timedelta(minutes=1))
+    await bot.sweep()
+    assert len(mails_to(bot, JEAN)) == asked  # not yet
+    bot.clock.advance(timedelta(minutes=2))
+    await bot.sweep()
+    assert len(mails_to(bot, JEAN)) == asked + 1  # the reminder, on time

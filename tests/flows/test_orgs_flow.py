@@ -726,3 +726,48 @@ async def test_report_rows_per_organisation_for_csv_and_json(bot):
         ("organisation", "ACME", "4", "6"),
         ("organisation", CAROL, "3", "2"),
     ]
+
+
+# -- month boundaries in local time (the report's months are the service's, Paris) ---------------
+
+PARIS_MARCH_1 = datetime(2026, 2, 28, 23, 30, tzinfo=UTC)  # 00:30 on 1 March in Paris (UTC+1)
+PARIS_MARCH_31 = datetime(2026, 3, 31, 21, 30, tzinfo=UTC)  # 23:30 on 31 March (UTC+2)
+PARIS_APRIL_1 = datetime(2026, 3, 31, 22, 30, tzinfo=UTC)  # 00:30 on 1 April (UTC+2)
+
+
+def balances_table(report: str) -> dict[str, list[str]]:
+    """The prepaid tickets table of a `!report` answer: organisation → its cells."""
+    part = report.split("\n\n")[-1]
+    return {
+        line.split("|")[0].strip(): [c.strip() for c in line.split("|")[1:]]
+        for line in part.splitlines()[1:]
+    }
+
+
+async def test_rows_near_midnight_count_in_the_local_month(bot):
+    """A purchase or a ticket counts in the month of the service's time zone: 00:30 in Paris
+    on 1 March is 23:30 UTC on 28 February, yet March's."""
+    await acme_with_alice(bot)
+    acme = await Organisation.get(name="ACME")
+    for count, at in (
+        (10, datetime(2026, 2, 10, 9, 0, tzinfo=UTC)),
+        (1, PARIS_MARCH_1),
+        (2, PARIS_MARCH_31),
+        (4, PARIS_APRIL_1),
+    ):
+        await Purchase.create(organisation=acme, tickets=count, recorded_by=STAFF, at=at)
+    await make_ticket(bot, minutes=61, created_at=PARIS_MARCH_1)  # 2 tickets, March
+    await make_ticket(bot, minutes=30, created_at=PARIS_APRIL_1)  # 1 ticket, April
+
+    # purchased in the month, billed in the month, balance at its end
+    expected = {
+        "2026-02": ["10", "0", "10"],
+        "2026-03": ["3", "2", "11"],
+        "2026-04": ["4", "1", "14"],
+    }
+    for month, cells in expected.items():
+        [report] = bodies(await staff(bot, f"!report {month}"), STAFF_ROOM)
+        assert balances_table(report)["ACME"] == cells, month
+    for month, opened in (("2026-02", 0), ("2026-03", 1), ("2026-04", 1)):
+        rows = await balances.monthly_report(*map(int, month.split("-")), bot.services.tz)
+        assert sum(r["tickets"] for r in rows if r["row"] == "client") == opened, month
