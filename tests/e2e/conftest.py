@@ -14,12 +14,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from nio import AsyncClient, RoomCreateResponse
 
+from bot.storage.db import close_db, open_db
 from bot.testing.matrix import login_client, sync_once
 from bot.testing.net import free_port
 
@@ -275,3 +277,14 @@ async def running_bot(synapse, tmp_path):
         await bot.stop()
         for client in [*bot.clients, bot.staff]:
             await client.close()
+
+
+@pytest.fixture
+async def bot_db(running_bot) -> AsyncIterator[None]:
+    """The running bot's database, open in the test process too."""
+    # The bot process migrated it at start; this process only reads and writes rows.
+    await open_db(f"sqlite://{running_bot.workdir / 'bot.sqlite3'}", run_migrations=False)
+    try:
+        yield
+    finally:
+        await close_db()

@@ -9,7 +9,6 @@ and read back.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
@@ -18,23 +17,12 @@ import pytest
 from nio import AsyncClient, MessageDirection, RoomMessagesResponse, RoomSendResponse
 
 from bot.domain.tickets import Channel, Kind, initial_state
-from bot.storage.db import close_db, open_db
 from bot.storage.models import Booking, Client, SlotOffer, Ticket
 from bot.testing.matrix import send_text, sync_once, wait_for_message
 
 pytestmark = pytest.mark.e2e
 
 JITSI = "https://jitsi.test.invalid/"
-
-
-@pytest.fixture
-async def bot_db(running_bot) -> AsyncIterator[None]:
-    # The bot process migrated it at start; this process only reads and writes rows.
-    await open_db(f"sqlite://{running_bot.workdir / 'bot.sqlite3'}", run_migrations=False)
-    try:
-        yield
-    finally:
-        await close_db()
 
 
 def from_bot(bot_id: str, needle: str):

@@ -7,13 +7,10 @@ a SIGKILL and restart removing that ✅ still undoes the confirmation.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from nio import RoomRedactResponse, RoomSendResponse
 
 from bot.domain.tickets import Status
-from bot.storage.db import close_db, open_db
 from bot.storage.models import Ticket
 from bot.testing.matrix import discard_messages, send_text, wait_for_message
 
@@ -22,16 +19,6 @@ from .conftest import intervention_ticket
 pytestmark = pytest.mark.e2e
 
 REF = "SP-2026-0901"
-
-
-@pytest.fixture
-async def bot_db(running_bot) -> AsyncIterator[None]:
-    # The bot process migrated it at start; this process only reads and writes rows.
-    await open_db(f"sqlite://{running_bot.workdir / 'bot.sqlite3'}", run_migrations=False)
-    try:
-        yield
-    finally:
-        await close_db()
 
 
 def plain_from(sender: str):
