@@ -64,8 +64,8 @@ _CAPABILITIES = (
 def dovecot_binary() -> str | None:
     """The dovecot master binary with its IMAP service installed, or None."""
     given = os.environ.get(DOVECOT_ENV)
-    if given:
-        return given
+    if given:  # a path that is not a program: skipped like a missing Dovecot, not an error
+        return given if os.access(given, os.X_OK) else None
     found = shutil.which("dovecot") or (
         "/usr/sbin/dovecot" if os.access("/usr/sbin/dovecot", os.X_OK) else None
     )
