@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import os
 import secrets
 import shutil
@@ -152,6 +153,28 @@ async def _drop_database(admin_dsn: str, name: str) -> None:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}"{force}')
     finally:
         await conn.close()
+
+
+@pytest.fixture(autouse=True)
+def _logging_left_as_found() -> Iterator[None]:
+    """Logging as each test found it: a test that runs the CLI, the demo or `setup_logging`
+    in-process configures the process (its handler on the root, quieter traffic loggers); left
+    so, a later test's `caplog` misses records and a handler writes to a closed stream."""
+    manager = logging.root.manager
+    levels = {
+        name: logger.level
+        for name, logger in manager.loggerDict.items()
+        if isinstance(logger, logging.Logger)
+    }
+    root_level, root_handlers = logging.root.level, list(logging.root.handlers)
+    yield
+    for name, logger in list(manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and logger.level != levels.get(name, logging.NOTSET):
+            logger.setLevel(levels.get(name, logging.NOTSET))
+    logging.root.setLevel(root_level)
+    for handler in logging.root.handlers[:]:
+        if handler not in root_handlers and handler.get_name() == "support-bot":
+            logging.root.removeHandler(handler)
 
 
 @pytest.fixture(scope="session")

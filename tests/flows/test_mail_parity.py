@@ -27,7 +27,7 @@ from bot.storage.db import close_db, open_db
 from bot.storage.models import AuditEntry, Ticket, TimeLog
 from bot.testing.harness import BOT, STAFF, STAFF_ROOM, BotHarness, FakeClock, Sent
 from bot.testing.harness import test_config as base_config
-from handlers import billing, closing, common
+from handlers import billing, closing, common, satisfaction
 from handlers import mail as mail_handler
 from tests.flows.test_mail_flow import (
     ALICE,
@@ -202,7 +202,9 @@ async def test_a_ticket_by_mail_is_taken_logged_resolved_and_billed_like_one_in_
             if not row.action.startswith("mail_")  # the mails themselves
         ]
 
-    assert await history(chat) == await history(by_mail)
+    # The one difference: a request made by e-mail is not asked for a rating (a digit replied
+    # to a mail answers its resolution question; handlers/satisfaction.py).
+    assert await history(chat) == [*await history(by_mail), ("rating_asked", "closed", "closed")]
 
     # -- the cards: the same lines, but for the reference and who the client is
     chat_card = anonymous(card_of(bot, chat), chat, ALICE)
@@ -214,8 +216,10 @@ async def test_a_ticket_by_mail_is_taken_logged_resolved_and_billed_like_one_in_
     # command to type (commands are not read from mails)
     to_alice = new_messages(said[chat.ref], DM)
     to_jean = [text_of(m) for m in mails_to_jean(bot)[mails_before:]]
-    # taken, low balance, a second ticket started, resolved, closed under warranty
-    assert len(to_alice) == len(to_jean) == 5, (to_alice, to_jean)
+    # taken, low balance, a second ticket started, resolved, closed under warranty; and in chat
+    # only, the rating question (not asked by mail: handlers/satisfaction.py)
+    assert len(to_alice) == 6 and len(to_jean) == 5, (to_alice, to_jean)
+    assert fr(bot, satisfaction._QUESTION, ref=chat.ref) == to_alice[5]
     for in_chat, by_mail_text in zip(to_alice[:3], to_jean[:3], strict=True):
         assert in_chat.replace(chat.ref, "REF") in by_mail_text.replace(by_mail.ref, "REF")
     for text in to_jean:
