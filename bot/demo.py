@@ -795,8 +795,15 @@ def _mail_sections(mail: DemoMail | None) -> str:
             '# e-mail channel"); handled ones are marked read and flagged $SupportBot.',
             *server(mail.imap),
             f"folder = {q(mail.imap.folder)}",
+            "# A look every 10 s besides IDLE: a mail that arrives between a look and the next",
+            "# IDLE is only seen at the next look (the default, 60 s, is long for trying it).",
+            f"poll_interval = {DEMO_POLL_INTERVAL}",
         ]
     return "\n".join(lines) + "\n"
+
+
+#: Seconds between two looks at the demo's mailbox (see `_mail_sections`).
+DEMO_POLL_INTERVAL = 10
 
 
 def _mail_identity(mail: MailConfig) -> tuple[Any, ...]:

@@ -364,6 +364,7 @@ async def test_the_demo_with_a_mailbox_answers_mails_and_threads_them_on_cards(
             "username": IMAP_USER,
             "password": IMAP_PASSWORD,
             "folder": "INBOX",
+            "poll_interval": 10,
         }
         assert (written["mail"]["host"], written["mail"]["port"]) == ("127.0.0.1", smtp_port)
 
