@@ -333,7 +333,8 @@ class BotDb:
 
     async def pending_outbox(self) -> int:
         rows = await self.rows(
-            "SELECT COUNT(*) AS n FROM outbox_item WHERE sent_at IS NULL AND NOT failed"
+            "SELECT COUNT(*) AS n FROM outbox_item "
+            "WHERE sent_at IS NULL AND NOT failed AND kind <> 'mail'"
         )
         return int(rows[0]["n"])
 
@@ -658,6 +659,10 @@ async def check_run(hs: Synapse, bot: RunningBot, chats: Sequence[Chat], db: Bot
     outbox_by_txn: dict[str, list[dict[str, Any]]] = {}
     for row in data["outbox"]:
         outbox_by_txn.setdefault(row["txn_id"].rsplit("-", 1)[0], []).append(row)
+        if row["kind"] == "mail":
+            # A chat client's receipt by mail: these runs have no mail server, so it is given
+            # up by design; what is checked here is what reaches Matrix.
+            continue
         if row["failed"]:
             check.problem(
                 f"outbox row {row['id']} ({row['txn_id']}) failed after "
