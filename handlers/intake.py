@@ -74,10 +74,9 @@ from bot.domain.intake import (
     expire,
     intake_from_data,
     intake_to_data,
-    is_expired,
-    needs_reminder,
     remind,
     start,
+    timeout_due,
 )
 from bot.domain.tickets import (
     ENDED_STATUSES,
@@ -541,14 +540,10 @@ async def sweep_intakes(services: Services, now: datetime) -> None:
         .limit(500)
     )
     for conv in due:
-        intake = intake_from_data(conv.data)
-        if is_expired(intake, now, expire_after):
-            action = "expire"
-        elif needs_reminder(intake, now, remind_after):
-            action = "remind"
-        else:
-            # Nothing to do yet (already reminded, or finished): look again when it is due.
-            later = due_at(intake, remind_after=remind_after, expire_after=expire_after)
+        action, later = timeout_due(
+            intake_from_data(conv.data), now, remind_after=remind_after, expire_after=expire_after
+        )
+        if action is None:  # nothing to do yet: look again when it is due
             await Conversation.filter(id=conv.id, version=conv.version).update(due_at=later)
             continue
         locale = await repo.locale_for(conv.client_key, services.config.service.default_locale)

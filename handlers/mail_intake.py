@@ -34,10 +34,9 @@ from bot.domain.intake import (
     expire,
     intake_from_data,
     intake_to_data,
-    is_expired,
-    needs_reminder,
     question_for,
     remind,
+    timeout_due,
 )
 from bot.domain.intake import due_at as intake_due_at
 from bot.domain.intake_answers import choice_by_key
@@ -556,13 +555,13 @@ async def sweep_mail_intakes(services: Services, now: datetime) -> None:
         .limit(200)
     )
     for conversation in due:
-        intake = intake_from_data(conversation.data)
-        if is_expired(intake, now, expire_after):
-            action = "expire"
-        elif needs_reminder(intake, now, remind_after):
-            action = "remind"
-        else:
-            later = intake_due_at(intake, remind_after=remind_after, expire_after=expire_after)
+        action, later = timeout_due(
+            intake_from_data(conversation.data),
+            now,
+            remind_after=remind_after,
+            expire_after=expire_after,
+        )
+        if action is None:
             await Conversation.filter(id=conversation.id, version=conversation.version).update(
                 due_at=later
             )

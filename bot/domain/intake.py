@@ -270,6 +270,19 @@ def due_at(
     return intake.last_activity_at + expire_after
 
 
+def timeout_due(
+    intake: Intake, now: datetime, *, remind_after: timedelta, expire_after: timedelta
+) -> tuple[str | None, datetime | None]:
+    """What the sweeper does with an intake it finds due: ("expire", None), ("remind", None),
+    or (None, when to look again) when nothing is to do yet (already reminded, or finished).
+    Shared by the intake in chat and by e-mail."""
+    if is_expired(intake, now, expire_after):
+        return "expire", None
+    if needs_reminder(intake, now, remind_after):
+        return "remind", None
+    return None, due_at(intake, remind_after=remind_after, expire_after=expire_after)
+
+
 def remind(intake: Intake, now: datetime, expire_after: timedelta = EXPIRE_AFTER) -> Transition:
     """The one reminder: says when the request will be dropped and restates the question."""
     if not intake.is_active:
